@@ -1,0 +1,96 @@
+"""Datasets as tensors on the training device; minibatches are index slices (no DataLoader).
+
+``digits`` is scikit-learn's 1,797 real 8x8 handwritten digits (it ships with the package).
+``teacher_student`` labels Gaussian inputs with a fixed random teacher MLP: a second, synthetic
+task whose difficulty the space controls. Both are split into train and validation sets,
+stratified by class and fixed by the space's seed, and standardized with training statistics only.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from study.space import DatasetConfig
+
+__all__ = ["Dataset", "load_dataset"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x_train: torch.Tensor  # float32 [n_train, n_features]
+    y_train: torch.Tensor  # int64 [n_train]
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    n_classes: int
+    # The 8x8 image shape for digits (used by convolutional models), None otherwise.
+    image_shape: tuple[int, int] | None = None
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return x.astype(np.float64), y.astype(np.int64)
+
+
+def _teacher_student(cfg: DatasetConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, 7919])
+    x = rng.standard_normal((cfg.n_samples, cfg.n_features))
+    w1 = rng.standard_normal((cfg.n_features, cfg.teacher_width)) / np.sqrt(cfg.n_features)
+    w2 = rng.standard_normal((cfg.teacher_width, cfg.n_classes)) / np.sqrt(cfg.teacher_width)
+    y = np.argmax(np.maximum(x @ w1, 0.0) @ w2, axis=1)
+    noisy = rng.random(cfg.n_samples) < cfg.label_noise
+    y[noisy] = rng.integers(0, cfg.n_classes, int(noisy.sum()))
+    return x, y.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def _split(cfg: DatasetConfig, seed: int) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    x, y = _digits() if cfg.name == "digits" else _teacher_student(cfg, seed)
+    # Stratify only when every class can appear on both sides of the split.
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    x_tr, x_va, y_tr, y_va = train_test_split(
+        x, y, test_size=cfg.val_fraction, random_state=seed, stratify=stratify
+    )
+    mean = x_tr.mean(axis=0)
+    std = x_tr.std(axis=0)
+    std[std == 0] = 1.0  # constant pixels (digits' borders) stay zero instead of dividing by 0
+    return (x_tr - mean) / std, y_tr, (x_va - mean) / std, y_va
+
+
+def load_dataset(cfg: DatasetConfig, seed: int, device: torch.device | str = "cpu") -> Dataset:
+    """Load, split and standardize a dataset and move it to ``device``.
+
+    Args:
+        cfg: the space's dataset section.
+        seed: fixes the train/validation split (and the teacher for ``teacher_student``).
+        device: where the tensors live for the whole study.
+    """
+    x_tr, y_tr, x_va, y_va = _split(cfg, seed)
+    n_classes = 10 if cfg.name == "digits" else cfg.n_classes
+
+    def f32(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.float32, device=device)
+
+    def i64(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.int64, device=device)
+
+    return Dataset(
+        x_train=f32(x_tr),
+        y_train=i64(y_tr),
+        x_val=f32(x_va),
+        y_val=i64(y_va),
+        n_classes=n_classes,
+        image_shape=(8, 8) if cfg.name == "digits" else None,
+    )

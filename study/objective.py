@@ -1,0 +1,77 @@
+"""The Optuna objective: one trial is one training run at a sampled width and learning rate."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import torch
+
+from study.data import Dataset, load_dataset
+from study.sampling import LR, WIDTH
+from study.space import Space
+from study.train import EpochResult, train
+
+__all__ = ["Objective", "trial_seed"]
+
+
+def trial_seed(space: Space, trial_number: int) -> int:
+    """Initialization and batch-order seed of a trial: fixed by the space seed and the trial."""
+    return (space.seed * 1_000_003 + trial_number) % (2**63)
+
+
+class Objective:
+    """Suggests ``width`` then ``lr``, trains, reports the validation loss every epoch.
+
+    Returns the best validation loss reached. A trial whose loss went NaN/inf or far above its
+    initial loss is reported, marked ``diverged`` and raised as pruned: a returned NaN would make
+    it FAIL, which TPE ignores, so a diverging lr would look unexplored.
+
+    Args:
+        space: the validated search space.
+        device: where the data and the models live.
+    """
+
+    def __init__(self, space: Space, device: torch.device) -> None:
+        self.space = space
+        self.device = device
+        self._data: Dataset | None = None
+
+    @property
+    def data(self) -> Dataset:
+        if self._data is None:
+            self._data = load_dataset(self.space.dataset, self.space.seed, self.device)
+        return self._data
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        space = self.space
+        width = trial.suggest_categorical(WIDTH, list(space.model.widths))
+        lr = trial.suggest_float(LR, space.lr.low, space.lr.high, log=True)
+
+        def on_epoch(ep: EpochResult) -> bool:
+            trial.report(ep.val_loss, ep.epoch)
+            return not ep.diverged and trial.should_prune()
+
+        r = train(space, self.data, int(width), lr, trial_seed(space, trial.number), on_epoch)
+        attrs = {
+            "best_val_loss": r.best_val_loss,
+            "final_val_loss": r.final_val_loss,
+            "val_accuracy": r.val_accuracy,
+            "train_loss": r.final_train_loss,
+            "initial_val_loss": r.initial_val_loss,
+            "best_epoch": r.best_epoch,
+            "n_params": r.n_params,
+            "epochs_run": r.epochs_run,
+            "seconds": round(r.seconds, 4),
+            "device": str(self.device),
+            "diverged": r.diverged,
+        }
+        for key, value in attrs.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                value = str(value)  # JSON has no NaN/inf; keep them readable
+            trial.set_user_attr(key, value)
+        if r.diverged:
+            raise optuna.TrialPruned(f"diverged at epoch {r.epochs_run} (lr={lr:.3g})")
+        if r.stopped:
+            raise optuna.TrialPruned(f"pruned at epoch {r.epochs_run}")
+        return r.best_val_loss

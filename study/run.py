@@ -1,0 +1,275 @@
+"""Run a width x learning-rate study: ``python -m study.run --trials 200``.
+
+``--trials`` is the total the study should hold (COMPLETE + PRUNED), not how many more to run:
+the same command after a Ctrl-C or a crash continues where the study stopped. Trials left RUNNING
+by a killed process are failed by the heartbeat and retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages._heartbeat import is_heartbeat_enabled
+
+from study._console import Progress, count_trials, summary_table
+from study._errors import UserError
+from study.objective import Objective
+from study.sampling import PerWidthPruner, WidthStratifiedSampler
+from study.space import Space, load_space
+from study.storage import (
+    DEFAULT_STORAGE,
+    create_or_load_study,
+    dashboard_url,
+    mask_url,
+    open_storage,
+)
+
+__all__ = ["build_pruner", "build_sampler", "cli", "main", "run_study"]
+
+# How often a run that waits for other processes' trials looks at the storage again.
+_POLL_S = 1.0
+
+
+def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
+    """Width round-robin by count; lr by TPE (or random) on that width's trials only."""
+    if space.sampler.name == "tpe":
+        lr_sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            n_startup_trials=space.sampler.n_startup_trials,
+            multivariate=False,
+            constant_liar=True,
+            seed=seed,
+        )
+    else:
+        lr_sampler = optuna.samplers.RandomSampler(seed=seed)
+    return WidthStratifiedSampler(space.model.widths, lr_sampler)
+
+
+def build_pruner(space: Space) -> optuna.pruners.BasePruner:
+    p = space.pruner
+    pruner: optuna.pruners.BasePruner
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    if p.name == "median":
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    elif p.name == "successive_halving":
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        )
+    else:
+        pruner = optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=space.training.epochs,
+            reduction_factor=p.reduction_factor,
+        )
+    return PerWidthPruner(pruner) if p.per_width else pruner
+
+
+def run_seed(space: Space, n_existing: int) -> int:
+    """The sampler's seed for a run that starts with ``n_existing`` trials in the study.
+
+    A seeded sampler replays the same parameters after a resume (optuna#3255); mixing in the
+    number of trials already stored keeps a fresh study reproducible and a resumed one new.
+    """
+    digest = hashlib.sha256(f"{space.seed}:{n_existing}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def _metadata(space: Space, argv: Sequence[str]) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "command": shlex.join(["python", "-m", "study.run", *_masked_argv(argv)]),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "optuna": optuna.__version__,
+            "width-lr-study": version("width-lr-study"),
+        },
+        "git_commit": _git_commit(),
+        "seed": space.seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _masked_argv(argv: Sequence[str]) -> list[str]:
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith("--storage="):
+            out[i] = "--storage=" + mask_url(a.split("=", 1)[1])
+        elif i > 0 and out[i - 1] == "--storage":
+            out[i] = mask_url(a)
+    return out
+
+
+def run_study(
+    study: optuna.Study,
+    objective: Objective,
+    target: int,
+    progress: Progress | None = None,
+) -> None:
+    """Run trials until the study holds ``target`` finished (COMPLETE + PRUNED) trials.
+
+    Slots held by RUNNING trials of other processes are not taken twice: when they are all
+    that stands between the study and its target, this waits for them to finish or for their
+    heartbeat to go stale (then Optuna fails them and queues a retry, which runs here).
+    """
+    heartbeat = is_heartbeat_enabled(study._storage)
+    while True:
+        counts = count_trials(study.get_trials(deepcopy=False))
+        if progress is not None:
+            progress.update(counts)
+        if counts.finished >= target:
+            return
+        if counts.waiting == 0 and counts.finished + counts.running >= target:
+            if heartbeat:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            time.sleep(_POLL_S)
+            continue
+        study.optimize(objective, n_trials=1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m study.run",
+        description="Run (or resume) a width x learning-rate study.",
+    )
+    p.add_argument("--space", default="mlp_digits", help="shipped space name or .toml path")
+    p.add_argument(
+        "--trials", type=int, default=200, help="total trials the study should hold (default 200)"
+    )
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the storage")
+    p.add_argument("--study-name", default=None, help="default: the space's name")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads on CPU (1 is fastest here)"
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        help="seconds between heartbeats; a trial silent for 3x this is failed and retried",
+    )
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line, callable from tests and notebooks. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    # Optuna logs every trial (and a traceback for an interrupted one); the progress line and
+    # the summary say what matters. Bugs still raise with their traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if args.trials < 1:
+            raise UserError(f"--trials must be a positive integer, got {args.trials}")
+        if args.threads < 1:
+            raise UserError(f"--threads must be a positive integer, got {args.threads}")
+        if args.heartbeat < 1:
+            raise UserError(f"--heartbeat must be a positive integer, got {args.heartbeat}")
+        space = load_space(args.space)
+        device = resolve_device(args.device)
+        study_name = args.study_name or space.name
+        storage = open_storage(args.storage, heartbeat_s=args.heartbeat)
+        n_existing = _count_existing(storage, study_name)
+        study, created = create_or_load_study(
+            storage,
+            study_name,
+            space,
+            build_sampler(space, run_seed(space, n_existing)),
+            build_pruner(space),
+            _metadata(space, argv),
+        )
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    shown = mask_url(args.storage)
+    resume = ["python", "-m", "study.run", "--space", args.space, "--trials", str(args.trials)]
+    if args.storage != DEFAULT_STORAGE:
+        resume += ["--storage", shown]
+    if args.study_name:
+        resume += ["--study-name", args.study_name]
+    say(f"storage:   {shown}")
+    say(f"study:     {study_name} ({'new' if created else 'resumed'}, target {args.trials} trials)")
+    say(
+        f"space:     {space.name} [{space.fingerprint()}] widths {list(space.model.widths)}, "
+        f"lr {space.lr.low:g}..{space.lr.high:g}, {space.optimizer.name}, "
+        f"{space.training.epochs} epochs, device {device}"
+    )
+    say(f"dashboard: optuna-dashboard {dashboard_url(args.storage)}")
+    say(f"resume:    {shlex.join(resume)}")
+
+    progress = Progress(args.trials, quiet=args.quiet)
+    status = 0
+    try:
+        run_study(study, Objective(space, device), args.trials, progress)
+    except KeyboardInterrupt:
+        status = 130
+        say("\ninterrupted: the study is stored; run the resume command to continue")
+    trials = study.get_trials(deepcopy=False)
+    progress.update(count_trials(trials), final=True)
+    say("")
+    say(summary_table(trials, list(space.model.widths)))
+    return status
+
+
+def _count_existing(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli()

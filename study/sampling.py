@@ -1,0 +1,166 @@
+"""Width is the scientific parameter, lr the nuisance one: sample and prune accordingly.
+
+* :class:`WidthStratifiedSampler` gives every width an equal share of the trials (the width with
+  the fewest trials goes next) and picks the lr with an inner sampler (TPE by default) that sees
+  only the trials of that width, so each width's lr is tuned on its own evidence.
+* :class:`PerWidthPruner` asks an Optuna pruner with a view of the study holding only the trials
+  of the current trial's width: a narrow net is never pruned for being narrower than the best.
+
+Both work through :class:`_WidthView`, a study seen through a filter on the ``width`` param.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Container, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.pruners import BasePruner, HyperbandPruner
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["PerWidthPruner", "WidthStratifiedSampler"]
+
+WIDTH = "width"
+LR = "lr"
+
+
+class _WidthView:
+    """A study whose trial lists keep only the trials that ``keep`` accepts.
+
+    Samplers and pruners read a study through ``get_trials``/``_get_trials``, ``direction`` and
+    ``_storage``; every attribute other than the trial lists is the real study's.
+    """
+
+    def __init__(self, study: optuna.Study, keep: Callable[[FrozenTrial], bool]) -> None:
+        self._study = study
+        self._keep = keep
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return [
+            t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if self._keep(t)
+        ]
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [t for t in trials if self._keep(t)]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+def _same_width(width: Any) -> Callable[[FrozenTrial], bool]:
+    return lambda t: t.params.get(WIDTH) == width
+
+
+# Trials that hold (or will hold) a width's share: finished, running, or queued for a retry.
+_HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class WidthStratifiedSampler(BaseSampler):
+    """Round-robin over widths by count; the lr from ``lr_sampler`` conditioned on the width.
+
+    Args:
+        widths: the widths of the space, in the order ties are broken.
+        lr_sampler: samples ``lr`` (and any other non-width parameter) from a view of the study
+            that holds only trials of the trial's width. Use a sampler in independent mode
+            (e.g. ``TPESampler(multivariate=False)``).
+    """
+
+    def __init__(self, widths: Sequence[int], lr_sampler: BaseSampler) -> None:
+        if not widths:
+            raise ValueError("widths must not be empty.")
+        self._widths = list(widths)
+        self._lr_sampler = lr_sampler
+
+    def next_width(self, study: optuna.Study) -> int:
+        """The width with the fewest trials holding a share (first in the list on a tie)."""
+        counts = dict.fromkeys(self._widths, 0)
+        for t in study._get_trials(deepcopy=False, states=_HOLDING, use_cache=False):
+            w = t.params.get(WIDTH)
+            if w in counts:
+                counts[w] += 1
+        return min(self._widths, key=lambda w: counts[w])
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        if param_name == WIDTH:
+            return self.next_width(study)
+        if WIDTH not in trial.params:
+            raise RuntimeError(f"suggest {WIDTH!r} before {param_name!r}.")
+        view = _WidthView(study, _same_width(trial.params[WIDTH]))
+        return self._lr_sampler.sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._lr_sampler.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._lr_sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._lr_sampler.reseed_rng()
+
+
+class PerWidthPruner(BasePruner):
+    """Prune a trial by comparing it only with trials of its own width.
+
+    Args:
+        pruner: any Optuna pruner. A :class:`~optuna.pruners.HyperbandPruner` gets one copy per
+            width, so that each width has its own brackets (Hyperband reloads the study from
+            storage for its brackets, which would otherwise bypass the width filter).
+    """
+
+    def __init__(self, pruner: BasePruner) -> None:
+        self._pruner = pruner
+        self._hyperbands: dict[Any, HyperbandPruner] = {}
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        width = trial.params.get(WIDTH)
+        view = _WidthView(study, _same_width(width))
+        if not isinstance(self._pruner, HyperbandPruner):
+            return self._pruner.prune(view, trial)  # type: ignore[arg-type]
+        hb = self._hyperbands.setdefault(width, copy.deepcopy(self._pruner))
+        if not hb._pruners:
+            hb._try_initialization(view)  # type: ignore[arg-type]
+            if not hb._pruners:
+                return False
+        bracket = hb._get_bracket_id(view, trial)  # type: ignore[arg-type]
+
+        def keep(t: FrozenTrial) -> bool:
+            return t.params.get(WIDTH) == width and hb._get_bracket_id(view, t) == bracket  # type: ignore[arg-type]
+
+        return hb._pruners[bracket].prune(_WidthView(study, keep), trial)  # type: ignore[arg-type]

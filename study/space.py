@@ -1,0 +1,366 @@
+"""Search spaces: TOML files in ``search_spaces/`` loaded into a typed, validated config.
+
+A space names everything one study needs: the data, the model family and its widths, the
+learning-rate range, the optimizer and its schedule, the training length, the pruner, the sampler
+and the seed. Files are read with :mod:`tomllib` (data only, never code). Every mistake is reported
+as one line naming the file, the key and what is allowed (:class:`~study._errors.SpaceError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+from study._errors import SpaceError
+
+__all__ = [
+    "DatasetConfig",
+    "LRConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PrunerConfig",
+    "SamplerConfig",
+    "Space",
+    "TrainingConfig",
+    "available_spaces",
+    "load_space",
+    "resolve_space_path",
+    "space_diff",
+]
+
+
+class _FieldError(Exception):
+    """Raised by a config's checks; the loader adds the file name and the section."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise _FieldError(key, message)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    # digits: scikit-learn's 1,797 real 8x8 images (ships with the package, no download).
+    # teacher_student: Gaussian inputs labelled by a fixed random teacher MLP.
+    name: Literal["digits", "teacher_student"] = "digits"
+    # A quarter of the data for validation: ~450 digits, enough to rank learning rates.
+    val_fraction: float = 0.25
+    # teacher_student only: samples, input features, classes, teacher hidden width, and the
+    # fraction of labels replaced by random ones (0 = a perfectly learnable task).
+    n_samples: int = 4000
+    n_features: int = 32
+    n_classes: int = 10
+    teacher_width: int = 64
+    label_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0 < self.val_fraction < 1, "val_fraction", "must be between 0 and 1 exclusive")
+        _require(self.n_samples >= 20, "n_samples", "must be at least 20")
+        _require(self.n_features >= 1, "n_features", "must be a positive integer")
+        _require(self.n_classes >= 2, "n_classes", "must be at least 2")
+        _require(self.teacher_width >= 1, "teacher_width", "must be a positive integer")
+        _require(0 <= self.label_noise <= 1, "label_noise", "must be between 0 and 1 inclusive")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # The scientific parameter: every width listed gets an equal share of the trials.
+    widths: tuple[int, ...]
+    family: Literal["mlp"] = "mlp"
+    # Hidden layers; kept fixed while width varies (the optimal lr depends on depth too).
+    depth: int = 2
+
+    def __post_init__(self) -> None:
+        _require(len(self.widths) >= 1, "widths", "must list at least one width")
+        for w in self.widths:
+            _require(w > 0, "widths", f"must be positive integers, got {w}")
+        _require(len(set(self.widths)) == len(self.widths), "widths", "must not repeat a width")
+        _require(self.depth >= 1, "depth", "must be a positive integer (hidden layers)")
+
+
+@dataclass(frozen=True)
+class LRConfig:
+    # Log-uniform range; wide enough that every width's optimum sits inside it with margin.
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _require(self.low > 0 and math.isfinite(self.low), "low", "must be a positive number")
+        _require(math.isfinite(self.high), "high", "must be a finite number")
+        _require(
+            self.low < self.high,
+            "low",
+            f"must be less than lr.high (got low={self.low:g}, high={self.high:g})",
+        )
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    # sgd only. 0.9 is the usual heavy-ball value.
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        _require(self.weight_decay >= 0, "weight_decay", "must be non-negative")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    # The same length for every trial: the study never tunes the number of steps.
+    epochs: int = 20
+    batch_size: int = 64
+    # none | cosine (to zero over the epochs) | plateau (ReduceLROnPlateau on validation loss,
+    # as in the 64->16 example of the practitioner's article).
+    schedule: Literal["none", "cosine", "plateau"] = "none"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 3
+    # An epoch whose mean training loss or validation loss exceeds this multiple of the
+    # validation loss before training (or is NaN/inf) ends the trial as diverged. Measured on
+    # digits: a blown-up Adam run reaches 40-10^8 x the initial loss in its first epoch.
+    divergence_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", "must be a positive integer")
+        _require(self.batch_size >= 1, "batch_size", "must be a positive integer")
+        _require(0 < self.plateau_factor < 1, "plateau_factor", "must be between 0 and 1")
+        _require(self.plateau_patience >= 0, "plateau_patience", "must be non-negative")
+        _require(self.divergence_factor > 1, "divergence_factor", "must be greater than 1")
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    name: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    # Compare a trial only with trials of its own width. A study-wide pruner prunes narrow
+    # nets for being narrow (FIELD-NOTES section 3: width-32 optimum found in 10% of orderings).
+    per_width: bool = True
+    # median: trials (of the width) that must complete before pruning, and epochs before the
+    # first pruning decision of each trial.
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 5
+    # successive_halving and hyperband: first rung (epochs) and the reduction factor.
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        _require(self.n_startup_trials >= 0, "n_startup_trials", "must be non-negative")
+        _require(self.n_warmup_steps >= 0, "n_warmup_steps", "must be non-negative")
+        _require(self.min_resource >= 1, "min_resource", "must be a positive integer")
+        _require(self.reduction_factor >= 2, "reduction_factor", "must be at least 2")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    # Width is chosen so that every width gets an equal share of trials; this picks the lr
+    # within a width: tpe (conditioned on that width's trials only) or random (log-uniform).
+    name: Literal["tpe", "random"] = "tpe"
+    # Random lrs per width before TPE starts modelling that width.
+    n_startup_trials: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.n_startup_trials >= 0, "n_startup_trials", "must be non-negative")
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    model: ModelConfig
+    lr: LRConfig
+    description: str = ""
+    # Fixes the data split, every trial's initialization and batch order, and the sampler.
+    seed: int = 0
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "name", "must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full space with defaults filled in: what a study stores and compares."""
+        return _jsonable(dataclasses.asdict(self))
+
+    def fingerprint(self) -> str:
+        """SHA-256 (first 16 hex digits) of the space, without its name and description."""
+        body = {k: v for k, v in self.to_dict().items() if k not in _NOT_COMPARED}
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Fields that do not change what a trial computes, so a study may be resumed across them.
+_NOT_COMPARED = ("name", "description")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def space_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two space dicts (``name``/``description`` skipped).
+
+    Returns:
+        Sorted keys such as ``["lr.high", "model.widths"]``; empty when the spaces agree.
+    """
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                if not prefix and key in _NOT_COMPARED:
+                    continue
+                walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix[:-1])
+
+    walk(stored, current, "")
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        item = {int: "integers", float: "numbers", str: "strings"}.get(typing.get_args(tp)[0])
+        return f"a list of {item or 'values'}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in the config's own type."""
+    origin = typing.get_origin(tp)
+    ok = True
+    if origin is Literal:
+        ok = value in typing.get_args(tp) and isinstance(value, str)
+    elif origin is tuple:
+        if isinstance(value, list):
+            try:
+                return tuple(_convert(v, typing.get_args(tp)[0], key) for v in value)
+            except _FieldError:
+                pass
+        ok = False
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, f"{key}.")
+        ok = False
+    elif tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise _FieldError(key, f"must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            allowed = ", ".join(fields)
+            raise _FieldError(f"{prefix}{key}", f"unknown key (allowed here: {allowed})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in table:
+            kwargs[name] = _convert(table[name], hints[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _FieldError(f"{prefix}{name}", "is required")
+    try:
+        return cls(**kwargs)
+    except _FieldError as e:
+        raise _FieldError(f"{prefix}{e.key}", e.message) from None
+
+
+def _spaces_dir() -> Path:
+    return Path(str(resources.files("search_spaces")))
+
+
+def available_spaces() -> list[str]:
+    """Names of the spaces shipped with the package (``search_spaces/*.toml``)."""
+    return sorted(p.stem for p in _spaces_dir().glob("*.toml"))
+
+
+def resolve_space_path(name_or_path: str) -> Path:
+    """A bare name (``mlp_digits``) is looked up in the shipped spaces; anything else is a path.
+
+    Raises:
+        SpaceError: the name is not shipped and no such file exists.
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or len(path.parts) > 1 or path.is_file():
+        if not path.is_file():
+            raise SpaceError(f"{name_or_path}: no such space file")
+        return path
+    shipped = _spaces_dir() / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    raise SpaceError(
+        f"unknown space {name_or_path!r}: give a path to a .toml file or one of: "
+        + ", ".join(available_spaces())
+    )
+
+
+def load_space(name_or_path: str) -> Space:
+    """Read and validate a space file.
+
+    Args:
+        name_or_path: a shipped space's name (``smoke``) or a path to a TOML file.
+
+    Returns:
+        The validated :class:`Space`; ``name`` defaults to the file's stem.
+
+    Raises:
+        SpaceError: one line naming the file, the key and what is allowed.
+    """
+    path = resolve_space_path(name_or_path)
+    shown = _display_path(path)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise SpaceError(f"{shown}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpaceError(f"{shown}: cannot read: {e}") from None
+    table.setdefault("name", path.stem)
+    try:
+        return _build(Space, table, "")
+    except _FieldError as e:
+        raise SpaceError(f"{shown}: {e.key}: {e.message}") from None
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        if path.resolve().parent == _spaces_dir().resolve():
+            return f"search_spaces/{path.name}"
+        return str(path)

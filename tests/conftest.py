@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh current folder: the default SQLite file lands here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def db_digest(path: Path) -> str:
+    """Hash of a SQLite storage and its WAL/SHM companions (what must stay byte-for-byte)."""
+    parts = []
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        parts.append(f"{suffix}:{sha256(p) if p.exists() else '-'}")
+    return "|".join(parts)
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def write_space(folder: Path, name: str, text: str) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def spawn(*args: str, cwd: Path) -> subprocess.Popen:
+    """Start ``python -m study.run ARGS`` as its own process (for kill and Ctrl-C tests)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.run", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll a condition (not a sleep on a guess); fail the test with ``what`` on time-out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

@@ -1,0 +1,216 @@
+"""The study end to end on real SQLite files: run, resume, refuse, diverge, kill, interrupt."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study.run import main
+from tests.conftest import db_digest, load, spawn, wait_until, write_space
+
+
+def _run(*args: str) -> int:
+    return main([*args, "--quiet"])
+
+
+def _states(url: str, name: str) -> dict[TrialState, int]:
+    trials = load(url, name).trials
+    return {s: sum(t.state == s for t in trials) for s in TrialState}
+
+
+def test_smoke_study_runs_end_to_end_and_records_each_trial(workdir: Path) -> None:
+    url = "sqlite:///s.db"
+    assert _run("--space", "smoke", "--trials", "9", "--storage", url, "--study-name", "s") == 0
+    study = load(url, "s")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 9 == len(study.trials)
+    for t in finished:
+        assert set(t.params) == {"width", "lr"}
+        assert 1e-4 <= t.params["lr"] <= 1.0
+        assert len(t.intermediate_values) == t.user_attrs["epochs_run"] >= 1
+        for key in (
+            "best_val_loss",
+            "final_val_loss",
+            "val_accuracy",
+            "train_loss",
+            "n_params",
+            "seconds",
+            "device",
+            "diverged",
+        ):
+            assert key in t.user_attrs, key
+    for t in finished:
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(min(t.intermediate_values.values()))
+    attrs = study.user_attrs
+    assert attrs["space"]["model"]["widths"] == [8, 16, 32]
+    assert len(attrs["space_fingerprint"]) == 16 and attrs["seed"] == 0
+    assert "--trials 9" in attrs["command"] and attrs["versions"]["optuna"] == optuna.__version__
+
+
+def test_default_storage_is_a_sqlite_file_in_the_current_folder(workdir: Path) -> None:
+    assert _run("--space", "smoke", "--trials", "3") == 0
+    assert (workdir / "studies.db").is_file()
+    assert len(load("sqlite:///studies.db", "smoke").trials) == 3
+
+
+def test_trials_is_the_total_resume_reaches_it_and_never_exceeds_it(workdir: Path) -> None:
+    args = ["--space", "smoke", "--storage", "sqlite:///s.db", "--study-name", "s"]
+    assert _run(*args, "--trials", "6") == 0
+    first = [t.params["lr"] for t in load("sqlite:///s.db", "s").trials]
+    assert _run(*args, "--trials", "6") == 0
+    assert len(load("sqlite:///s.db", "s").trials) == 6  # the same command again runs nothing
+    assert _run(*args, "--trials", "12") == 0
+    trials = load("sqlite:///s.db", "s").trials
+    assert len(trials) == 12
+    # A seeded study must not replay the parameters of its first trials after a resume.
+    assert not set(first) & {t.params["lr"] for t in trials[6:]}
+
+
+def test_a_fresh_study_with_the_same_seed_is_reproducible(workdir: Path) -> None:
+    for name in ("a", "b"):
+        assert (
+            _run(
+                "--space",
+                "smoke",
+                "--trials",
+                "4",
+                "--storage",
+                "sqlite:///s.db",
+                "--study-name",
+                name,
+            )
+            == 0
+        )
+    a, b = (load("sqlite:///s.db", n).trials for n in ("a", "b"))
+    assert [t.params for t in a] == [t.params for t in b]
+
+
+def test_a_changed_space_is_refused_naming_the_fields_and_the_db_is_unchanged(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "[model]\nwidths = [8, 16]\n[lr]\nlow = 1e-3\nhigh = 1e-1\n[training]\nepochs = 2\n"
+    path = write_space(workdir, "mine", text)
+    args = ["--storage", "sqlite:///s.db", "--study-name", "s", "--trials", "2"]
+    assert _run("--space", str(path), *args) == 0
+    before = db_digest(workdir / "s.db")
+    write_space(workdir, "mine", text.replace("1e-1", "2e-1").replace("[8, 16]", "[8, 32]"))
+    capsys.readouterr()
+    assert _run("--space", str(path), *args[:-1], "3") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differs in: lr.high, model.widths" in err, err
+    assert db_digest(workdir / "s.db") == before
+    # A new study name starts afresh with the new space.
+    assert (
+        _run(
+            "--space",
+            str(path),
+            "--storage",
+            "sqlite:///s.db",
+            "--study-name",
+            "t",
+            "--trials",
+            "2",
+        )
+        == 0
+    )
+
+
+def test_a_diverging_lr_is_reported_pruned_and_marked(workdir: Path) -> None:
+    # lr up to 10 with Adam: the study must run to its end without an error.
+    text = (
+        "[model]\nwidths = [16, 64]\n[lr]\nlow = 1.0\nhigh = 10.0\n"
+        "[training]\nepochs = 3\n[pruner]\nname = 'none'\n"
+    )
+    path = write_space(workdir, "hot", text)
+    assert _run("--space", str(path), "--trials", "6", "--storage", "sqlite:///s.db") == 0
+    trials = load("sqlite:///s.db", "hot").trials
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    diverged = [t for t in trials if t.user_attrs["diverged"]]
+    assert diverged, "lr in [1, 10] with Adam should diverge"
+    for t in diverged:
+        assert t.state == TrialState.PRUNED
+        assert t.intermediate_values, "the diverged loss must be reported"
+        last = t.intermediate_values[max(t.intermediate_values)]
+        assert not last < 10 * t.user_attrs["initial_val_loss"] or t.user_attrs["train_loss"] > 10
+
+
+def test_pruned_trials_are_compared_within_their_width(workdir: Path) -> None:
+    assert _run("--space", "smoke", "--trials", "12", "--storage", "sqlite:///s.db") == 0
+    study = load("sqlite:///s.db", "smoke")
+    counts = {w: sum(t.params["width"] == w for t in study.trials) for w in (8, 16, 32)}
+    assert counts == {8: 4, 16: 4, 32: 4}
+
+
+SLOW = """
+[model]
+widths = [64, 128]
+[lr]
+low = 1e-4
+high = 1e-2
+[training]
+epochs = 60
+batch_size = 32
+[pruner]
+name = "none"
+"""
+
+
+def test_sigkill_mid_study_is_resumed_to_exactly_the_total(workdir: Path) -> None:
+    url = "sqlite:///k.db"
+    path = write_space(workdir, "slow", SLOW)
+    args = ("--space", str(path), "--trials", "5", "--storage", url, "--heartbeat", "1")
+    proc = spawn(*args, cwd=workdir)
+    storage = optuna.storages.RDBStorage(url)
+
+    def running_after_one_finished() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before it could be killed:\n" + proc.stdout.read())
+        try:
+            trials = optuna.load_study(study_name="slow", storage=storage).trials
+        except KeyError:
+            return False
+        finished = sum(t.state.is_finished() for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        return finished >= 1 and bool(running)
+
+    try:
+        wait_until(running_after_one_finished, 120, "a finished trial and a running one")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _states(url, "slow")[TrialState.RUNNING] == 1  # left behind by the killed process
+
+    resumed = spawn(*args, cwd=workdir)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    states = _states(url, "slow")
+    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == 5
+    assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0
+    assert states[TrialState.FAIL] == 1  # the killed trial, failed by its stale heartbeat...
+    retried = [t for t in load(url, "slow").trials if "failed_trial" in t.system_attrs]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE  # ...and run again
+
+
+def test_ctrl_c_stops_cleanly_with_the_summary(workdir: Path) -> None:
+    url = "sqlite:///c.db"
+    path = write_space(workdir, "slow", SLOW)
+    proc = spawn("--space", str(path), "--trials", "50", "--storage", url, cwd=workdir)
+
+    def one_finished() -> bool:
+        try:
+            return any(t.state.is_finished() for t in load(url, "slow").trials)
+        except KeyError:
+            return False
+
+    wait_until(one_finished, 120, "a finished trial")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "best value" in out  # the summary table
+    assert "Traceback" not in out
+    assert _states(url, "slow")[TrialState.RUNNING] == 0

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.pruners import MedianPruner, SuccessiveHalvingPruner
+from optuna.samplers import RandomSampler
+from optuna.trial import TrialState, create_trial
+
+from study.sampling import PerWidthPruner, WidthStratifiedSampler
+
+WIDTHS = [8, 64, 512]
+DISTS = {"width": CategoricalDistribution(WIDTHS), "lr": FloatDistribution(1e-4, 1.0, log=True)}
+
+
+def _objective(trial: optuna.Trial) -> float:
+    width = trial.suggest_categorical("width", WIDTHS)
+    lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    return lr * width
+
+
+def _add(study: optuna.Study, width: int, value: float, **kw: Any) -> None:
+    study.add_trial(
+        create_trial(
+            params={"width": width, "lr": 0.01},
+            distributions=DISTS,
+            value=value,
+            intermediate_values={1: value},
+            **kw,
+        )
+    )
+
+
+def test_every_width_gets_an_equal_share_of_trials() -> None:
+    sampler = WidthStratifiedSampler(WIDTHS, optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_objective, n_trials=30)
+    assert Counter(t.params["width"] for t in study.trials) == {8: 10, 64: 10, 512: 10}
+
+
+def test_the_width_with_fewest_trials_goes_next() -> None:
+    study = optuna.create_study(sampler=WidthStratifiedSampler(WIDTHS, RandomSampler(seed=0)))
+    for _ in range(3):
+        _add(study, 8, 1.0)
+    _add(study, 64, 1.0)
+    study.optimize(_objective, n_trials=5)
+    assert Counter(t.params["width"] for t in study.trials) == {8: 3, 64: 3, 512: 3}
+
+
+class _SpySampler(RandomSampler):
+    """Records which widths the lr sampler was shown."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.seen: list[tuple[int, set[int]]] = []
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
+        shown = {t.params.get("width") for t in study._get_trials(deepcopy=False)}
+        shown |= {t.params.get("width") for t in study.get_trials(deepcopy=False)}
+        self.seen.append((trial.params["width"], shown - {None}))
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+def test_lr_sampler_sees_only_trials_of_the_same_width() -> None:
+    spy = _SpySampler()
+    study = optuna.create_study(sampler=WidthStratifiedSampler(WIDTHS, spy))
+    study.optimize(_objective, n_trials=12)
+    assert len(spy.seen) == 12
+    for width, shown in spy.seen:
+        assert shown == {width}
+
+
+def test_tpe_concentrates_lr_per_width_on_that_widths_optimum() -> None:
+    # Each width has its own optimum lr: 1e-1 at width 8, 1e-3 at width 512.
+    best = {8: 1e-1, 64: 1e-2, 512: 1e-3}
+    import math
+
+    def objective(trial: optuna.Trial) -> float:
+        w = trial.suggest_categorical("width", WIDTHS)
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        return (math.log10(lr) - math.log10(best[w])) ** 2
+
+    sampler = WidthStratifiedSampler(WIDTHS, optuna.samplers.TPESampler(seed=1, n_startup_trials=5))
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=90)
+    for w in WIDTHS:
+        top = min((t for t in study.trials if t.params["width"] == w), key=lambda t: t.value)
+        assert abs(math.log10(top.params["lr"]) - math.log10(best[w])) < 0.25
+
+
+def _pruning_study(pruner: optuna.pruners.BasePruner, **attrs: Any) -> optuna.Study:
+    # Width 8 trials reach 1.0; width 64 trials reach 0.1 (wider is simply better).
+    study = optuna.create_study(pruner=pruner)
+    for _ in range(3):
+        _add(study, 8, 1.0, **attrs)
+    for _ in range(5):
+        _add(study, 64, 0.1, **{k: {"completed_rung_0": 0.1} for k in attrs})
+    return study
+
+
+def _candidate_is_pruned(study: optuna.Study, value: float) -> bool:
+    study.enqueue_trial({"width": 8, "lr": 0.01})
+    trial = study.ask()
+    trial.suggest_categorical("width", WIDTHS)
+    trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    trial.report(value, 1)
+    pruned = trial.should_prune()
+    study.tell(
+        trial,
+        state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+        values=None if pruned else value,
+    )
+    return pruned
+
+
+def test_median_pruning_compares_only_within_a_width() -> None:
+    median = dict(n_startup_trials=1, n_warmup_steps=0)
+    # A width-8 trial better than the width-8 median (1.0), worse than the study's (0.1).
+    assert _candidate_is_pruned(_pruning_study(MedianPruner(**median)), 0.9)
+    assert not _candidate_is_pruned(_pruning_study(PerWidthPruner(MedianPruner(**median))), 0.9)
+    # ...and within the width it still prunes what is worse than its own width's median.
+    assert _candidate_is_pruned(_pruning_study(PerWidthPruner(MedianPruner(**median))), 1.5)
+
+
+def test_successive_halving_compares_only_within_a_width() -> None:
+    sh = dict(min_resource=1, reduction_factor=3, min_early_stopping_rate=0)
+    study_wide = _pruning_study(
+        SuccessiveHalvingPruner(**sh), system_attrs={"completed_rung_0": 1.0}
+    )
+    assert _candidate_is_pruned(study_wide, 0.9)
+    per_width = _pruning_study(
+        PerWidthPruner(SuccessiveHalvingPruner(**sh)), system_attrs={"completed_rung_0": 1.0}
+    )
+    assert not _candidate_is_pruned(per_width, 0.9)
+
+
+def test_hyperband_gets_its_own_brackets_per_width() -> None:
+    pruner = PerWidthPruner(optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9))
+    study = optuna.create_study(
+        pruner=pruner, sampler=WidthStratifiedSampler(WIDTHS, RandomSampler(seed=0))
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        w = trial.suggest_categorical("width", WIDTHS)
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        for step in range(1, 10):
+            trial.report(lr / w + 1.0 / step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return lr / w
+
+    study.optimize(objective, n_trials=24)
+    assert set(pruner._hyperbands) == set(WIDTHS)
+    assert any(t.state == TrialState.PRUNED for t in study.trials)
+
+
+def test_width_must_be_suggested_before_lr() -> None:
+    study = optuna.create_study(sampler=WidthStratifiedSampler(WIDTHS, RandomSampler(seed=0)))
+    trial = study.ask()
+    with pytest.raises(RuntimeError, match="suggest 'width' before 'lr'"):
+        trial.suggest_float("lr", 1e-4, 1.0, log=True)

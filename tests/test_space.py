@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from study.run import main
+from study.space import available_spaces, load_space
+from tests.conftest import write_space
+
+VALID = """
+[model]
+widths = [8, 16]
+[lr]
+low = 1e-3
+high = 1e-1
+"""
+
+
+@pytest.mark.parametrize("name", available_spaces())
+def test_every_shipped_space_loads(name: str) -> None:
+    space = load_space(name)
+    assert space.name == name
+    assert space.lr.low < space.lr.high
+
+
+def test_shipped_spaces_include_default_and_smoke() -> None:
+    assert {"mlp_digits", "smoke"} <= set(available_spaces())
+
+
+def test_default_space_spans_32_to_1024_in_powers_of_two() -> None:
+    widths = load_space("mlp_digits").model.widths
+    assert widths[0] == 32 and widths[-1] >= 1024
+    assert all(b == 2 * a for a, b in zip(widths, widths[1:], strict=False))
+
+
+def test_space_name_resolves_from_any_folder(workdir: Path) -> None:
+    assert load_space("smoke").model.widths == (8, 16, 32)
+
+
+def test_path_to_a_space_file_is_accepted(workdir: Path) -> None:
+    path = write_space(workdir, "mine", VALID)
+    space = load_space(str(path))
+    assert space.name == "mine" and space.model.widths == (8, 16)
+    assert space.training.epochs == 20  # default filled in
+
+
+def test_fingerprint_ignores_name_and_description(workdir: Path) -> None:
+    a = load_space(str(write_space(workdir, "a", VALID)))
+    b = load_space(str(write_space(workdir, "b", 'description = "x"\n' + VALID)))
+    c = load_space(str(write_space(workdir, "c", VALID.replace("1e-1", "2e-1"))))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+BAD = {
+    "unknown_key": (VALID + "colour = 'red'\n", "lr.colour: unknown key"),
+    "unknown_section": ("[trainer]\nepochs = 3\n" + VALID, "trainer: unknown key"),
+    "wrong_type": (
+        VALID.replace("widths = [8, 16]", "widths = 'wide'"),
+        "model.widths: must be a list",
+    ),
+    "wrong_item_type": (
+        VALID.replace("[8, 16]", "[8, 'x']"),
+        "model.widths: must be a list of integers",
+    ),
+    "low_not_below_high": (VALID.replace("1e-1", "1e-4"), "lr.low: must be less than lr.high"),
+    "non_positive_width": (VALID.replace("[8, 16]", "[0, 16]"), "model.widths: must be positive"),
+    "negative_lr": (VALID.replace("low = 1e-3", "low = -1.0"), "lr.low: must be a positive number"),
+    "missing_lr": ("[model]\nwidths = [8]\n", "lr: is required"),
+    "bad_choice": (VALID + "[optimizer]\nname = 'lion'\n", "optimizer.name: must be one of 'adam'"),
+    "bool_for_int": (VALID + "[training]\nepochs = true\n", "training.epochs: must be an integer"),
+    "not_toml": ("[model\nwidths = [", "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_invalid_space_gives_one_line_error_and_touches_no_storage(
+    case: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, expected = BAD[case]
+    path = write_space(workdir, case, text)
+    status = main(["--space", str(path), "--trials", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert f"{case}.toml" in err and expected in err, err
+    assert "Traceback" not in err
+    assert not (workdir / "studies.db").exists()
+
+
+def test_unknown_space_name_lists_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--space", "no_such_space", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown space 'no_such_space'" in err and "mlp_digits" in err
