@@ -1,0 +1,97 @@
+"""Bad storage input: one line, exit status 2, and the existing database byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from study.run import main
+from study.storage import mask_url
+from tests.conftest import db_digest
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    assert main(["--space", "smoke", "--trials", "2", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_unparsable_url(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "does not parse" in _fails(capsys, "--storage", "not a url")
+
+
+def test_missing_folder_is_not_created(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _fails(capsys, "--storage", "sqlite:///nowhere/s.db")
+    assert "folder nowhere does not exist" in err
+    assert not (workdir / "nowhere").exists()
+
+
+def test_file_that_is_not_a_database(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = workdir / "notes.db"
+    path.write_text("these are my notes, not a database\n")
+    before = db_digest(path)
+    assert "is not a SQLite database" in _fails(capsys, "--storage", "sqlite:///notes.db")
+    assert db_digest(path) == before
+
+
+def test_database_of_another_tool(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = workdir / "other.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+    con.execute("INSERT INTO invoices (amount) VALUES (9.5)")
+    con.commit()
+    con.close()
+    before = db_digest(path)
+    err = _fails(capsys, "--storage", "sqlite:///other.db")
+    assert "database of another tool (tables: invoices)" in err
+    assert db_digest(path) == before
+
+
+def _optuna_db(path: Path) -> None:
+    optuna.create_study(study_name="foreign", storage=f"sqlite:///{path}")
+
+
+def test_database_from_a_newer_optuna_schema(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = workdir / "new.db"
+    _optuna_db(path)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE alembic_version SET version_num = 'v99.0.0.a'")
+    con.commit()
+    con.close()
+    before = db_digest(path)
+    err = _fails(capsys, "--storage", "sqlite:///new.db")
+    assert "written by a newer Optuna" in err
+    assert db_digest(path) == before
+
+
+def test_study_not_made_by_this_tool(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = workdir / "o.db"
+    _optuna_db(path)
+    before = db_digest(path)
+    err = _fails(capsys, "--storage", "sqlite:///o.db", "--study-name", "foreign")
+    assert "holds no search space" in err
+    assert db_digest(path) == before
+
+
+def test_read_only_database(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    path = workdir / "ro.db"
+    _optuna_db(path)
+    path.chmod(0o444)
+    assert "read-only" in _fails(capsys, "--storage", "sqlite:///ro.db")
+
+
+def test_password_is_masked() -> None:
+    masked = mask_url("postgresql+psycopg://alice:s3cret@db.example/optuna")
+    assert "s3cret" not in masked and "alice" in masked
