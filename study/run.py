@@ -190,6 +190,12 @@ def _parser() -> argparse.ArgumentParser:
         default=10,
         help="seconds between heartbeats; a trial silent for 3x this is failed and retried",
     )
+    p.add_argument(
+        "--report-dir",
+        default=None,
+        help="where the report goes at the end (default: reports/STUDY_NAME)",
+    )
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -255,7 +261,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.update(count_trials(trials), final=True)
     say("")
     say(summary_table(trials, list(space.model.widths)))
+    if status == 0 and not args.no_report:
+        _report(study, args, study_name, say)
     return status
+
+
+def _report(study: optuna.Study, args: argparse.Namespace, study_name: str, say: Any) -> None:
+    """The headline at the end of a run, and the full report in ``--report-dir``."""
+    from study.analysis import headline
+    from study.report import analyse_study, write_report
+
+    out = Path(args.report_dir or Path("reports") / study_name)
+    rep = analyse_study(study)
+    write_report(rep, out, args.storage)
+    say("")
+    say(headline(rep.fit, study_name))
+    if rep.fit.note:
+        say(f"  note: {rep.fit.note}")
+    say(f"report:    {out}/report.html (figures and the note are in the dashboard too)")
 
 
 def _count_existing(storage: optuna.storages.BaseStorage, study_name: str) -> int:

@@ -26,12 +26,14 @@ def sha256(path: Path) -> str:
 
 
 def db_digest(path: Path) -> str:
-    """Hash of a SQLite storage and its WAL/SHM companions (what must stay byte-for-byte)."""
-    parts = []
-    for suffix in ("", "-wal", "-shm"):
-        p = Path(str(path) + suffix)
-        parts.append(f"{suffix}:{sha256(p) if p.exists() else '-'}")
-    return "|".join(parts)
+    """Hash of a SQLite storage: the file and its write-ahead log (what holds data).
+
+    A missing and an empty WAL are the same database (SQLite creates an empty one when a
+    reader opens a WAL-mode file); the -shm file is an index rebuilt from the WAL, not data.
+    """
+    wal = Path(f"{path}-wal")
+    wal_bytes = wal.read_bytes() if wal.exists() else b""
+    return f"{sha256(path)}|{hashlib.sha256(wal_bytes).hexdigest()}"
 
 
 def load(url: str, name: str) -> optuna.Study:

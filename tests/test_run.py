@@ -14,7 +14,7 @@ from tests.conftest import db_digest, load, spawn, wait_until, write_space
 
 
 def _run(*args: str) -> int:
-    return main([*args, "--quiet"])
+    return main([*args, "--quiet", "--no-report"])
 
 
 def _states(url: str, name: str) -> dict[TrialState, int]:

@@ -1,0 +1,288 @@
+"""The answer: each width's optimal learning rate with an interval, and how it scales with width.
+
+Per width, lr* is estimated from the COMPLETE trials (value = best validation loss reached):
+a parabola in log2 lr is fitted to log loss over the points within ``window_log2`` of the best
+one (widened to the nearest two on a side with fewer in the window); its vertex is lr* when the
+fit is convex and the vertex stays inside the window, else the best trial's lr is (the argmin). Bootstrap replicates (trials resampled with replacement within
+each width) give the interval of every lr* and, fitted together, of the exponent alpha in
+``lr* ~ width^-alpha`` (OLS slope of log2 lr* on log2 width, sign flipped).
+
+How the other trials enter:
+* pruned trials stopped early, so their best loss is only an upper bound of what they would have
+  reached: they are left out of the fit, counted, drawn, and used to tell whether the optimum is
+  bracketed (a pruned trial was worse than its width's median, so it counts as a worse point);
+* diverged trials have no usable loss: left out of the fit, counted, drawn as red crosses, and
+  count as worse points for bracketing.
+An optimum with no finished trial beyond it on one side, or within one log2 unit of the range's
+bound, is flagged ``at_edge``: the range must be widened before that width's lr* can be trusted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from study.sampling import LR, WIDTH
+
+__all__ = [
+    "MIN_COMPLETE",
+    "headline",
+    "Fit",
+    "Point",
+    "WidthEstimate",
+    "analyze",
+    "estimate_lr_star",
+    "points_from_trials",
+]
+
+# A width needs this many COMPLETE trials for an estimate of its lr*.
+MIN_COMPLETE = 3
+
+
+@dataclass(frozen=True)
+class Point:
+    """One finished trial, reduced to what the estimator needs."""
+
+    width: int
+    lr: float
+    value: float  # best validation loss reached (inf when diverged with no finite epoch)
+    state: str  # "complete" | "pruned" | "diverged"
+    number: int = -1
+
+
+def points_from_trials(trials: list[FrozenTrial]) -> list[Point]:
+    """Finished trials (complete, pruned, diverged) as points; FAIL/RUNNING/WAITING skipped."""
+    out = []
+    for t in trials:
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        if WIDTH not in t.params or LR not in t.params:
+            continue
+        if t.state == TrialState.COMPLETE:
+            state, value = "complete", float(t.value)  # type: ignore[arg-type]
+        else:
+            state = "diverged" if t.user_attrs.get("diverged") else "pruned"
+            value = float(t.user_attrs.get("best_val_loss", math.inf))  # "inf" is stored as text
+        out.append(Point(int(t.params[WIDTH]), float(t.params[LR]), value, state, t.number))
+    return out
+
+
+def estimate_lr_star(x: np.ndarray, y: np.ndarray, window_log2: float) -> tuple[float, str]:
+    """lr* (in log2) from points ``x`` = log2 lr, ``y`` = log loss of COMPLETE trials.
+
+    Returns:
+        (log2 lr*, method) where method is ``"parabola"`` or ``"argmin"``.
+    """
+    i = int(np.argmin(y))
+    x0 = x[i]
+    near = np.abs(x - x0) <= window_log2
+    # Support the fit on both sides of the best point: when fewer than two points lie within
+    # the window on a side, take that side's nearest two (trials are not evenly spaced in lr).
+    for side in (x < x0, x > x0):
+        if (near & side).sum() < 2:
+            nearest = np.argsort(np.where(side, np.abs(x - x0), np.inf))[:2]
+            near[nearest[side[nearest]]] = True
+    xs, ys = x[near], y[near]
+    if len(xs) >= 3 and xs.min() < x0 < xs.max():
+        a, b, _ = np.polyfit(xs, ys, 2)
+        if a > 0:
+            vertex = -b / (2 * a)
+            if xs.min() <= vertex <= xs.max():
+                return float(vertex), "parabola"
+    return float(x0), "argmin"
+
+
+@dataclass
+class WidthEstimate:
+    width: int
+    trials: int
+    complete: int
+    pruned: int
+    diverged: int
+    lr_star: float | None = None
+    lr_low: float | None = None  # bootstrap interval (confidence given by Fit.confidence)
+    lr_high: float | None = None
+    best_value: float | None = None
+    best_lr: float | None = None
+    method: str | None = None  # parabola | argmin
+    edge: str | None = None  # "low" | "high" when the optimum is not bracketed or near a bound
+    note: str = ""
+
+    @property
+    def at_edge(self) -> bool:
+        return self.edge is not None
+
+
+@dataclass
+class Fit:
+    """The scaling law lr* ~ width^-alpha and the per-width estimates it rests on."""
+
+    widths: list[WidthEstimate]
+    alpha: float | None
+    alpha_low: float | None
+    alpha_high: float | None
+    shift_log2: float | None  # log2 lr*(widest) - log2 lr*(narrowest), estimated widths only
+    intercept_log2: float | None  # log2 lr* at width 1 of the fitted line
+    used_widths: list[int]
+    note: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    band: list[tuple[float, float]] = field(default_factory=list)  # fit interval per used width
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["widths"] = [{**asdict(w), "at_edge": w.at_edge} for w in self.widths]
+        out["counts"] = {
+            k: sum(getattr(w, k) for w in self.widths)
+            for k in ("trials", "complete", "pruned", "diverged")
+        }
+        return out
+
+
+def _edge(
+    pts: list[Point], best_lr: float, lr_star: float, lr_range: tuple[float, float]
+) -> str | None:
+    lower = any(p.lr < best_lr for p in pts)
+    higher = any(p.lr > best_lr for p in pts)
+    low, high = lr_range
+    if not lower or math.log2(lr_star / low) < 1:
+        return "low"
+    if not higher or math.log2(high / lr_star) < 1:
+        return "high"
+    return None
+
+
+def _ols_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
+def analyze(
+    points: list[Point],
+    widths: list[int],
+    lr_range: tuple[float, float],
+    *,
+    window_log2: float = 2.0,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Fit:
+    """Estimate lr* per width with bootstrap intervals and fit lr* ~ width^-alpha.
+
+    Args:
+        points: finished trials (see :func:`points_from_trials`).
+        widths: the space's widths, in order.
+        lr_range: the space's (low, high) lr bounds, for the edge check.
+        window_log2: half-width, in log2 units of lr, of the window fitted around the best point.
+        n_bootstrap: bootstrap replicates for the intervals.
+        confidence: interval coverage (0.95 = 2.5th to 97.5th percentile).
+        seed: the bootstrap's random seed.
+    """
+    rng = np.random.default_rng(seed)
+    tail = (1 - confidence) / 2 * 100
+    estimates: list[WidthEstimate] = []
+    replicates: dict[int, np.ndarray] = {}
+    for w in widths:
+        pts = [p for p in points if p.width == w]
+        comp = [p for p in pts if p.state == "complete" and math.isfinite(p.value) and p.value > 0]
+        est = WidthEstimate(
+            width=w,
+            trials=len(pts),
+            complete=len(comp),
+            pruned=sum(p.state == "pruned" for p in pts),
+            diverged=sum(p.state == "diverged" for p in pts),
+        )
+        estimates.append(est)
+        if len(comp) < MIN_COMPLETE:
+            est.note = f"too few complete trials ({len(comp)} < {MIN_COMPLETE}) to estimate lr*"
+            continue
+        x = np.log2([p.lr for p in comp])
+        y = np.log([p.value for p in comp])
+        x_star, est.method = estimate_lr_star(x, y, window_log2)
+        best = comp[int(np.argmin(y))]
+        est.lr_star, est.best_value, est.best_lr = 2.0**x_star, best.value, best.lr
+        boot = np.empty(n_bootstrap)
+        for b in range(n_bootstrap):
+            idx = rng.integers(0, len(comp), len(comp))
+            boot[b] = estimate_lr_star(x[idx], y[idx], window_log2)[0]
+        replicates[w] = boot
+        est.lr_low, est.lr_high = (float(2.0**q) for q in np.percentile(boot, [tail, 100 - tail]))
+        est.edge = _edge(pts, best.lr, est.lr_star, lr_range)
+        if est.edge:
+            est.note = (
+                f"optimum at the {est.edge} edge of the evidence or range: widen lr.{est.edge}"
+            )
+
+    settings = {
+        "estimator": "parabola in log2 lr on log loss around the best complete trial; "
+        "argmin when not convex or the vertex leaves the window",
+        "window_log2": window_log2,
+        "n_bootstrap": n_bootstrap,
+        "confidence": confidence,
+        "bootstrap": "complete trials resampled with replacement within each width",
+        "fit": "OLS slope of log2 lr* on log2 width; alpha = -slope",
+        "min_complete_per_width": MIN_COMPLETE,
+        "pruned": "left out of the fit (their loss is an upper bound); count as worse points "
+        "for the edge check",
+        "diverged": "left out of the fit (no usable loss); count as worse points for the edge "
+        "check",
+        "seed": seed,
+    }
+    used = [e for e in estimates if e.lr_star is not None]
+    if len(used) < 2:
+        return Fit(
+            widths=estimates,
+            alpha=None,
+            alpha_low=None,
+            alpha_high=None,
+            shift_log2=None,
+            intercept_log2=None,
+            used_widths=[e.width for e in used],
+            note="the scaling fit needs at least 2 widths with an estimate of lr*, "
+            f"got {len(used)}",
+            settings=settings,
+        )
+    xw = np.log2([e.width for e in used])
+    ys = np.log2([e.lr_star for e in used])  # type: ignore[misc]
+    slope, intercept = _ols_slope(xw, ys)
+    boot_slopes = np.empty(n_bootstrap)
+    boot_lines = np.empty((n_bootstrap, len(used)))
+    for b in range(n_bootstrap):
+        yb = np.array([replicates[e.width][b] for e in used])
+        s, c = _ols_slope(xw, yb)
+        boot_slopes[b] = s
+        boot_lines[b] = s * xw + c
+    lo, hi = np.percentile(-boot_slopes, [tail, 100 - tail])
+    band_lo, band_hi = np.percentile(boot_lines, [tail, 100 - tail], axis=0)
+    edges = [e.width for e in used if e.at_edge]
+    note = ""
+    if edges:
+        note = f"widths {edges} have their optimum at an edge: alpha may be biased; widen the range"
+    return Fit(
+        widths=estimates,
+        alpha=-slope,
+        alpha_low=float(lo),
+        alpha_high=float(hi),
+        shift_log2=float(ys[-1] - ys[0]),
+        intercept_log2=intercept,
+        used_widths=[e.width for e in used],
+        note=note,
+        settings=settings,
+        band=[(float(2.0**a), float(2.0**b)) for a, b in zip(band_lo, band_hi, strict=True)],
+    )
+
+
+def headline(fit: Fit, study_name: str) -> str:
+    """One line: alpha with its interval and the total shift, or what is missing."""
+    if fit.alpha is None:
+        return f"{study_name}: no scaling fit: {fit.note}"
+    conf = int(round(fit.settings.get("confidence", 0.95) * 100))
+    first, last = fit.used_widths[0], fit.used_widths[-1]
+    return (
+        f"{study_name}: lr* ~ width^-alpha with alpha = {fit.alpha:.2f} "
+        f"[{fit.alpha_low:.2f}, {fit.alpha_high:.2f}] ({conf}% bootstrap); lr* moves "
+        f"{fit.shift_log2:+.2f} log2 units from width {first} to {last}"
+    )

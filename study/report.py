@@ -1,0 +1,433 @@
+"""The report: ``python -m study.report --storage URL --study-name NAME --out DIR``.
+
+Writes ``summary.csv``, ``fit.json``, ``trials.csv``, PNG figures and one self-contained
+interactive ``report.html`` (plotly bundled, no network), and saves the lr*-vs-width figure and a
+note into the study for optuna-dashboard. ``--compare OTHER`` puts a second study beside it (for
+example SP vs muP). Nothing else is ever written to a study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from study._errors import UserError
+from study.analysis import Fit, Point, analyze, headline, points_from_trials
+from study.sampling import LR, WIDTH
+from study.storage import DEFAULT_STORAGE, mask_url, open_storage, sqlite_path
+
+__all__ = ["StudyReport", "load_report_study", "main", "write_report"]
+
+DASHBOARD_FIGURE_ID = "lr_star_vs_width"
+
+
+@dataclass
+class StudyReport:
+    """One study, analysed: what the files and figures are made from."""
+
+    study: optuna.Study
+    widths: list[int]
+    lr_range: tuple[float, float]
+    points: list[Point]
+    fit: Fit
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+
+def _space_of(
+    study: optuna.Study, trials: list[FrozenTrial]
+) -> tuple[list[int], tuple[float, float]]:
+    """Widths and lr range from the stored space, or from the trials of a foreign study."""
+    space = study.user_attrs.get("space")
+    if space:
+        return list(space["model"]["widths"]), (space["lr"]["low"], space["lr"]["high"])
+    widths = sorted({int(t.params[WIDTH]) for t in trials if WIDTH in t.params})
+    dists = [t.distributions[LR] for t in trials if LR in t.distributions]
+    if not widths or not dists:
+        raise UserError(
+            f"study {study.study_name!r} has no '{WIDTH}' and '{LR}' parameters to analyse"
+        )
+    return widths, (dists[0].low, dists[0].high)  # type: ignore[attr-defined]
+
+
+def load_report_study(storage_url: str, study_name: str | None) -> optuna.Study:
+    """Load a study for reading; never creates a storage or a study.
+
+    Raises:
+        UserError: the storage or the study does not exist, or the name is ambiguous.
+    """
+    shown = mask_url(storage_url)
+    try:
+        path = sqlite_path(storage_url)
+    except Exception:
+        raise UserError(f"storage URL {storage_url!r} does not parse") from None
+    if path is not None and not path.is_file():
+        raise UserError(f"storage {shown}: no such database file {path}")
+    storage = open_storage(storage_url, heartbeat_s=None)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    if study_name is None:
+        if len(names) != 1:
+            raise UserError(
+                f"storage {shown} holds {len(names)} studies; choose one with --study-name: "
+                + (", ".join(names) or "(none)")
+            )
+        study_name = names[0]
+    if study_name not in names:
+        raise UserError(
+            f"study {study_name!r} not found in {shown}; studies there: "
+            + (", ".join(names) or "(none)")
+        )
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def analyse_study(study: optuna.Study, n_bootstrap: int = 1000) -> StudyReport:
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if not finished:
+        raise UserError(
+            f"study {study.study_name!r} has no finished trials yet: run python -m study.run first"
+        )
+    widths, lr_range = _space_of(study, trials)
+    points = points_from_trials(trials)
+    fit = analyze(points, widths, lr_range, n_bootstrap=n_bootstrap)
+    return StudyReport(study, widths, lr_range, points, fit)
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.6g}"
+
+
+def _write_summary(path: Path, fit: Fit) -> None:
+    cols = [
+        "width",
+        "lr_star",
+        "lr_low",
+        "lr_high",
+        "best_value",
+        "trials",
+        "complete",
+        "pruned",
+        "diverged",
+        "at_edge",
+        "method",
+        "note",
+    ]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for e in fit.widths:
+            w.writerow(
+                [
+                    e.width,
+                    _fmt(e.lr_star),
+                    _fmt(e.lr_low),
+                    _fmt(e.lr_high),
+                    _fmt(e.best_value),
+                    e.trials,
+                    e.complete,
+                    e.pruned,
+                    e.diverged,
+                    str(e.at_edge).lower(),
+                    e.method or "",
+                    e.note,
+                ]
+            )
+
+
+def _write_trials(path: Path, trials: list[FrozenTrial]) -> None:
+    attr_keys = sorted({k for t in trials for k in t.user_attrs})
+    cols = [
+        "number",
+        "state",
+        "value",
+        "width",
+        "lr",
+        "datetime_start",
+        "datetime_complete",
+        "duration_s",
+        *attr_keys,
+        "intermediate_values",
+    ]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for t in trials:
+            dur = t.duration.total_seconds() if t.duration else None
+            curve = {
+                str(k): v if math.isfinite(v) else str(v)
+                for k, v in sorted(t.intermediate_values.items())
+            }
+            w.writerow(
+                [
+                    t.number,
+                    t.state.name,
+                    _fmt(t.value),
+                    t.params.get(WIDTH, ""),
+                    _fmt(t.params.get(LR)),
+                    t.datetime_start or "",
+                    t.datetime_complete or "",
+                    _fmt(dur),
+                    *[t.user_attrs.get(k, "") for k in attr_keys],
+                    json.dumps(curve),
+                ]
+            )
+
+
+def _best_curves(rep: StudyReport) -> dict[int, list[float]]:
+    curves: dict[int, list[float]] = {}
+    for e in rep.fit.widths:
+        done = [
+            t
+            for t in rep.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.params.get(WIDTH) == e.width and t.value is not None
+        ]
+        if done:
+            best = min(done, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
+            curves[e.width] = [
+                best.intermediate_values[k] for k in sorted(best.intermediate_values)
+            ]
+    return curves
+
+
+def _importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str]:
+    """PED-ANOVA and fANOVA importances of width and lr over COMPLETE trials."""
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    out: dict[str, dict[str, float]] = {}
+    notes = []
+    for name, ev in (
+        ("PED-ANOVA", PedAnovaImportanceEvaluator()),
+        ("fANOVA", FanovaImportanceEvaluator(seed=0)),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[name] = dict(optuna.importance.get_param_importances(study, evaluator=ev))
+        except (ValueError, RuntimeError) as e:
+            notes.append(f"{name}: {str(e).splitlines()[0]}")
+    return out, "; ".join(notes)
+
+
+def _note_markdown(rep: StudyReport, storage_url: str) -> str:
+    fit = rep.fit
+    lines = [
+        "## How the optimal learning rate shifts with width",
+        "",
+        f"**{headline(fit, rep.name)}**",
+        "",
+    ]
+    if fit.note:
+        lines += [f"> {fit.note}", ""]
+    lines += [
+        "| width | lr* | interval | best loss | trials | complete | pruned | diverged | edge |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for e in fit.widths:
+        interval = f"[{e.lr_low:.3g}, {e.lr_high:.3g}]" if e.lr_low is not None else "-"
+        lines.append(
+            f"| {e.width} | {_fmt(e.lr_star) or '-'} | {interval} | {_fmt(e.best_value) or '-'} "
+            f"| {e.trials} | {e.complete} | {e.pruned} | {e.diverged} | {e.edge or ''} |"
+        )
+    space = rep.study.user_attrs.get("space")
+    command = rep.study.user_attrs.get("command", "python -m study.run ...")
+    lines += [
+        "",
+        "Method: " + fit.settings.get("estimator", "") + "; pruned and diverged trials "
+        "are counted but not fitted.",
+        "",
+        "Reproduce:",
+        "```",
+        command,
+        f"python -m study.report --storage {mask_url(storage_url)} --study-name {rep.name}",
+        "```",
+    ]
+    if space:
+        lines += [
+            "",
+            f"Space fingerprint `{rep.study.user_attrs.get('space_fingerprint', '')}`: "
+            f"widths {space['model']['widths']}, "
+            f"lr {space['lr']['low']:g}..{space['lr']['high']:g}, "
+            f"{space['optimizer']['name']}, {space['training']['epochs']} epochs.",
+        ]
+    return "\n".join(lines)
+
+
+def _html(reports: Sequence[StudyReport], figures: list[tuple[str, Any]], out: Path) -> Path:
+    import plotly.io as pio
+
+    parts = []
+    for i, (title, fig) in enumerate(figures):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(
+            pio.to_html(
+                fig, full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False}
+            )
+        )
+    tables = []
+    for rep in reports:
+        rows = "".join(
+            f"<tr><td>{e.width}</td><td>{_fmt(e.lr_star)}</td><td>{_fmt(e.lr_low)}</td>"
+            f"<td>{_fmt(e.lr_high)}</td><td>{_fmt(e.best_value)}</td><td>{e.trials}</td>"
+            f"<td>{e.complete}</td><td>{e.pruned}</td><td>{e.diverged}</td>"
+            f"<td>{'yes' if e.at_edge else ''}</td><td>{html.escape(e.note)}</td></tr>"
+            for e in rep.fit.widths
+        )
+        tables.append(
+            f"<h2>{html.escape(rep.name)}</h2><p><b>{html.escape(headline(rep.fit, rep.name))}"
+            f"</b></p><p>{html.escape(rep.fit.note)}</p><table><tr><th>width</th><th>lr*</th>"
+            "<th>low</th><th>high</th><th>best loss</th><th>trials</th><th>complete</th>"
+            "<th>pruned</th><th>diverged</th><th>at edge</th><th>note</th></tr>"
+            f"{rows}</table>"
+        )
+    doc = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        # Counts script errors in the page itself, so a headless browser can check for them.
+        "<script>window.onerror=function(){var b=document.documentElement;"
+        "b.dataset.jsErrors=(+(b.dataset.jsErrors||0))+1;};</script>"
+        f"<title>width-lr-study: {html.escape(reports[0].name)}</title><style>"
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}</style></head><body>"
+        "<h1>How does width change the optimal learning rate?</h1>"
+        + "".join(tables)
+        + "".join(parts)
+        + "</body></html>"
+    )
+    path = out / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+def write_report(
+    rep: StudyReport,
+    out: Path,
+    storage_url: str,
+    others: Sequence[StudyReport] = (),
+    dashboard: bool = True,
+) -> list[Path]:
+    """Write every file of the report into ``out``; save the figure and note into the study."""
+    from study import figures
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_summary(out / "summary.csv", rep.fit)
+    fit_json = rep.fit.to_json()
+    fit_json["study"] = rep.name
+    fit_json["lr_range"] = list(rep.lr_range)
+    fit_json["headline"] = headline(rep.fit, rep.name)
+    (out / "fit.json").write_text(json.dumps(fit_json, indent=2) + "\n")
+    _write_trials(out / "trials.csv", rep.study.get_trials(deepcopy=False))
+    written = [out / "summary.csv", out / "fit.json", out / "trials.csv"]
+    panels = [(r.name, r.points, r.fit, r.lr_range) for r in (rep, *others)]
+    if others:
+        compare = {
+            r.name: {**r.fit.to_json(), "headline": headline(r.fit, r.name)} for r in (rep, *others)
+        }
+        (out / "compare.json").write_text(json.dumps(compare, indent=2) + "\n")
+        written.append(out / "compare.json")
+    importances, imp_note = _importances(rep.study)
+    written += figures.save_png_figures(out, panels, _best_curves(rep), importances, imp_note)
+
+    lr_fig = figures.plotly_lr_star(panels)
+    interactive: list[tuple[str, Any]] = [
+        ("Optimal learning rate vs width", lr_fig),
+        ("Validation loss vs learning rate", figures.plotly_loss_vs_lr(panels)),
+    ]
+    complete = rep.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for title, make in (
+                (
+                    "Parameter importance (PED-ANOVA)",
+                    lambda: optuna.visualization.plot_param_importances(rep.study),
+                ),
+                (
+                    "Width x lr contour",
+                    lambda: optuna.visualization.plot_contour(rep.study, params=[WIDTH, LR]),
+                ),
+                (
+                    "Validation loss per epoch",
+                    lambda: optuna.visualization.plot_intermediate_values(rep.study),
+                ),
+            ):
+                try:
+                    interactive.append((title, make()))
+                except (ValueError, RuntimeError):
+                    pass
+    written.append(_html([rep, *others], interactive, out))
+    if dashboard:
+        import optuna_dashboard
+
+        optuna_dashboard.save_plotly_graph_object(
+            rep.study, lr_fig, graph_object_id=DASHBOARD_FIGURE_ID
+        )
+        optuna_dashboard.save_note(rep.study, _note_markdown(rep, storage_url))
+    return written
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
+    p.add_argument("--storage", default=DEFAULT_STORAGE)
+    p.add_argument("--study-name", default=None, help="default: the only study in the storage")
+    p.add_argument("--out", default=None, help="output folder (default: reports/STUDY_NAME)")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="OTHER_STUDY",
+        help="another study (same storage unless --compare-storage) to show beside it",
+    )
+    p.add_argument("--compare-storage", default=None, help="storage URL of the --compare studies")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)"
+    )
+    p.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not save the figure and the note into the study",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if args.bootstrap < 10:
+            raise UserError(f"--bootstrap must be at least 10, got {args.bootstrap}")
+        rep = analyse_study(load_report_study(args.storage, args.study_name), args.bootstrap)
+        others = [
+            analyse_study(
+                load_report_study(args.compare_storage or args.storage, name), args.bootstrap
+            )
+            for name in args.compare
+        ]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("reports") / rep.name)
+    write_report(rep, out, args.storage, others, dashboard=not args.no_dashboard)
+    for r in (rep, *others):
+        print(headline(r.fit, r.name))
+        if r.fit.note:
+            print(f"  note: {r.fit.note}")
+    print(f"report: {out}/report.html (and summary.csv, fit.json, trials.csv, PNG figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

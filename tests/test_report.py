@@ -1,0 +1,246 @@
+"""The report on real smoke studies: files, dashboard note and figure, bad input, a real browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import optuna
+import optuna_dashboard
+import pytest
+from optuna_dashboard._custom_plot_data import SYSTEM_ATTR_PLOT_DATA
+
+from study import report
+from study.run import main as run_main
+from tests.conftest import db_digest, load
+
+URL = "sqlite:///r.db"
+
+
+@pytest.fixture(scope="module")
+def smoke_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One smoke study of 18 trials (6 per width), made once for this module."""
+    folder = tmp_path_factory.mktemp("report")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        for name, seed_args in (("smoke", []), ("other", [])):
+            assert (
+                run_main(
+                    [
+                        "--space",
+                        "smoke",
+                        "--trials",
+                        "18",
+                        "--storage",
+                        URL,
+                        "--study-name",
+                        name,
+                        "--quiet",
+                        "--no-report",
+                        *seed_args,
+                    ]
+                )
+                == 0
+            )
+    finally:
+        os.chdir(cwd)
+    return folder / "r.db"
+
+
+@pytest.fixture
+def db(smoke_db: Path, workdir: Path) -> Path:
+    for suffix in ("", "-wal"):
+        if Path(f"{smoke_db}{suffix}").exists():
+            shutil.copy(f"{smoke_db}{suffix}", workdir / f"r.db{suffix}")
+    return workdir / "r.db"
+
+
+def _report(*args: str) -> int:
+    return report.main(["--storage", URL, "--bootstrap", "100", *args])
+
+
+def test_report_writes_every_file(
+    db: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _report("--study-name", "smoke", "--out", "out") == 0
+    out = workdir / "out"
+    for name in (
+        "summary.csv",
+        "fit.json",
+        "trials.csv",
+        "report.html",
+        "loss_vs_lr.png",
+        "lr_star_vs_width.png",
+        "isolation.png",
+        "training_curves.png",
+        "importance.png",
+        "contour.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [int(r["width"]) for r in rows] == [8, 16, 32]
+    assert set(rows[0]) >= {
+        "width",
+        "lr_star",
+        "lr_low",
+        "lr_high",
+        "best_value",
+        "trials",
+        "complete",
+        "pruned",
+        "diverged",
+        "at_edge",
+    }
+    assert sum(int(r["trials"]) for r in rows) == 18
+    fit = json.loads((out / "fit.json").read_text())
+    assert {"alpha", "alpha_low", "alpha_high", "shift_log2", "settings", "counts"} <= set(fit)
+    assert fit["counts"]["trials"] == 18
+    trials = list(csv.DictReader(open(out / "trials.csv")))
+    assert len(trials) == 18 and {"width", "lr", "state", "diverged"} <= set(trials[0])
+    page = (out / "report.html").read_text()
+    assert "<script src=" not in page  # plotly is bundled: no network needed
+    stdout = capsys.readouterr().out
+    assert "smoke: " in stdout and "report: out/report.html" in stdout
+
+
+def test_report_saves_the_figure_and_the_note_into_the_study(db: Path) -> None:
+    study = load(URL, "smoke")
+    trials_before = [(t.number, t.state, t.value, t.params, t.user_attrs) for t in study.trials]
+    attrs_before = study.user_attrs
+    for _ in range(2):  # a second report replaces the figure, it does not add one
+        assert _report("--study-name", "smoke", "--out", "out") == 0
+    study = load(URL, "smoke")
+    note = optuna_dashboard.get_note(study)
+    assert "How the optimal learning rate shifts with width" in note
+    assert "python -m study.report" in note
+    system_attrs = study._storage.get_study_system_attrs(study._study_id)
+    plots = {k.split(":")[2] for k in system_attrs if k.startswith(SYSTEM_ATTR_PLOT_DATA)}
+    assert plots == {report.DASHBOARD_FIGURE_ID}
+    # Nothing else in the study was written.
+    assert [
+        (t.number, t.state, t.value, t.params, t.user_attrs) for t in study.trials
+    ] == trials_before
+    assert study.user_attrs == attrs_before
+
+
+def test_compare_puts_two_studies_side_by_side(db: Path, workdir: Path) -> None:
+    assert _report("--study-name", "smoke", "--compare", "other", "--out", "cmp") == 0
+    for name in ("compare_lr_star_vs_width.png", "compare_loss_vs_lr.png", "compare.json"):
+        assert (workdir / "cmp" / name).stat().st_size > 0
+    assert set(json.loads((workdir / "cmp" / "compare.json").read_text())) == {"smoke", "other"}
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    assert report.main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_missing_storage_is_an_error_and_is_not_created(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "no such database file" in _fails(capsys, "--storage", "sqlite:///none.db")
+    assert not (workdir / "none.db").exists()
+
+
+def test_unknown_study_lists_the_studies_and_changes_nothing(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = db_digest(db)
+    err = _fails(capsys, "--storage", URL, "--study-name", "nope")
+    assert "study 'nope' not found" in err and "other, smoke" in err
+    assert db_digest(db) == before
+
+
+def test_ambiguous_storage_asks_for_a_study_name(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "choose one with --study-name" in _fails(capsys, "--storage", URL)
+
+
+def test_study_with_no_finished_trials(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    optuna.create_study(study_name="empty", storage=URL)
+    assert "no finished trials yet" in _fails(capsys, "--storage", URL, "--study-name", "empty")
+
+
+def test_one_width_gives_a_report_that_says_what_is_missing(workdir: Path) -> None:
+    space = workdir / "one.toml"
+    space.write_text(
+        "[model]\nwidths = [16]\n[lr]\nlow = 1e-3\nhigh = 1.0\n"
+        "[training]\nepochs = 2\n[pruner]\nname = 'none'\n"
+    )
+    assert (
+        run_main(
+            ["--space", str(space), "--trials", "4", "--storage", URL, "--quiet", "--no-report"]
+        )
+        == 0
+    )
+    assert _report("--study-name", "one", "--out", "one") == 0
+    fit = json.loads((workdir / "one" / "fit.json").read_text())
+    assert fit["alpha"] is None and "at least 2 widths" in fit["note"]
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found and os.environ.get("REQUIRE_CHROMIUM"):
+        pytest.fail("REQUIRE_CHROMIUM is set but chromium is not installed")
+    return found
+
+
+def test_html_report_renders_in_a_real_browser_without_script_errors(
+    db: Path, workdir: Path
+) -> None:
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium not installed (Debian package 'chromium'); .ci/run installs it")
+    assert _report("--study-name", "smoke", "--out", "out", "--no-dashboard") == 0
+    page = (workdir / "out" / "report.html").resolve().as_uri()
+
+    def browse(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        profile = workdir / f"profile-{name}"  # a new, empty profile for every start
+        profile.mkdir()
+        return subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=15000",
+                "--window-size=1280,1600",
+                *extra,
+                page,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=workdir,
+        )
+
+    dom = browse("dom", "--dump-dom").stdout
+    assert "data-js-errors" not in dom, "a script raised an error in the page"
+    assert dom.count('class="main-svg"') >= 2, "plotly drew no figure"
+    assert "How does width change the optimal learning rate?" in dom
+    shot = workdir / "shot.png"
+    browse("shot", f"--screenshot={shot}")
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[0] > 500 and pixels.std() > 0.05, "the page rendered empty"
