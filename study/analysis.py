@@ -4,8 +4,9 @@ Per width, lr* is estimated from the COMPLETE trials (value = best validation lo
 a parabola in log2 lr is fitted to log loss over the points within ``window_log2`` of the best
 one (widened to the nearest two on a side with fewer in the window); its vertex is lr* when the
 fit is convex and the vertex stays inside the window, else the best trial's lr is (the argmin).
-Bootstrap replicates (trials resampled with replacement within each width) give the interval of every lr* and, fitted together, of the exponent alpha in
-``lr* ~ width^-alpha`` (OLS slope of log2 lr* on log2 width, sign flipped).
+Bootstrap replicates (trials resampled with replacement within each width) give the interval of
+every lr* and, fitted together, of the exponent alpha in ``lr* ~ width^-alpha`` (OLS slope of
+log2 lr* on log2 width, sign flipped).
 
 How the other trials enter:
 * pruned trials stopped early, so their best loss is only an upper bound of what they would have
