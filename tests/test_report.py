@@ -244,3 +244,53 @@ def test_html_report_renders_in_a_real_browser_without_script_errors(
 
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[0] > 500 and pixels.std() > 0.05, "the page rendered empty"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_dashboard_serves_the_saved_figure_and_note(db: Path, workdir: Path) -> None:
+    import sys
+    import urllib.request
+
+    from tests.conftest import wait_until
+
+    assert _report("--study-name", "smoke", "--out", "out") == 0
+    port = _free_port()
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    proc = subprocess.Popen(
+        [str(dashboard), URL, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return json.load(r)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"optuna-dashboard exited with {proc.returncode}")
+        try:
+            get("/api/studies")
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(ready, 60, "optuna-dashboard to answer")
+        summaries = get("/api/studies")["study_summaries"]
+        study_id = next(s["study_id"] for s in summaries if s["study_name"] == "smoke")
+        detail = get(f"/api/studies/{study_id}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "How the optimal learning rate shifts with width" in detail["note"]["body"]
+    assert [g["id"] for g in detail["plotly_graph_objects"]] == [report.DASHBOARD_FIGURE_ID]
+    assert len(detail["trials"]) == 18
