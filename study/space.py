@@ -12,13 +12,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-
-import tomllib
 
 from study._errors import SpaceError
 
@@ -79,10 +79,19 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     # The scientific parameter: every width listed gets an equal share of the trials.
+    # mlp: hidden units of each hidden layer; cnn: channels of each 3x3 conv (8x8 digits).
     widths: tuple[int, ...]
-    family: Literal["mlp"] = "mlp"
+    family: Literal["mlp", "cnn"] = "mlp"
     # Hidden layers; kept fixed while width varies (the optimal lr depends on depth too).
     depth: int = 2
+    # Per-layer sizes as multiples of the width, e.g. [4, 1] at width 16 is the article's
+    # 64 -> 16 network; the width then scales all hidden layers together. Empty: all 1.
+    hidden_multipliers: tuple[float, ...] = ()
+    # sp: PyTorch's default init and one global lr. mup: Maximal Update Parametrization
+    # (per-layer lr, output multiplier 1/m, output init), equal to SP at base_width.
+    parametrization: Literal["sp", "mup"] = "sp"
+    # The width at which muP equals SP; default: the narrowest width.
+    base_width: int | None = None
 
     def __post_init__(self) -> None:
         _require(len(self.widths) >= 1, "widths", "must list at least one width")
@@ -90,6 +99,22 @@ class ModelConfig:
             _require(w > 0, "widths", f"must be positive integers, got {w}")
         _require(len(set(self.widths)) == len(self.widths), "widths", "must not repeat a width")
         _require(self.depth >= 1, "depth", "must be a positive integer (hidden layers)")
+        for k in self.hidden_multipliers:
+            _require(k > 0, "hidden_multipliers", f"must be positive numbers, got {k:g}")
+        _require(
+            not self.hidden_multipliers or len(self.hidden_multipliers) == self.depth,
+            "depth",
+            f"must equal the number of hidden_multipliers ({len(self.hidden_multipliers)})",
+        )
+        _require(
+            self.base_width is None or self.base_width > 0,
+            "base_width",
+            "must be a positive integer",
+        )
+
+    def base_width_for(self, width: int) -> int:
+        """The muP base width (``width`` / base is the width multiplier m)."""
+        return self.base_width or min(self.widths)
 
 
 @dataclass(frozen=True)
@@ -192,6 +217,11 @@ class Space:
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", "must not be empty")
+        _require(
+            self.model.family != "cnn" or self.dataset.name == "digits",
+            "model.family",
+            "'cnn' needs image data: set dataset.name = 'digits'",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The full space with defaults filled in: what a study stores and compares."""
@@ -254,6 +284,9 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in the config's own type."""
     origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):  # `int | None`: TOML has no null
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
     ok = True
     if origin is Literal:
         ok = value in typing.get_args(tp) and isinstance(value, str)

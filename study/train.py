@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from study.data import Dataset
-from study.model import build_model, count_parameters
+from study.model import Model, build_model, count_parameters, param_groups
 from study.space import Space
 
 __all__ = ["EpochResult", "TrainResult", "make_optimizer", "train"]
@@ -48,14 +48,15 @@ class TrainResult:
     curve: list[float] = field(default_factory=list)  # validation loss per epoch
 
 
-def make_optimizer(space: Space, params: list[dict], lr: float) -> torch.optim.Optimizer:
-    """The space's optimizer over ``params`` (parameter groups, each may scale its own lr)."""
+def make_optimizer(space: Space, model: Model, lr: float) -> torch.optim.Optimizer:
+    """The space's optimizer, with per-layer groups under muP (see :mod:`study.model`)."""
     opt = space.optimizer
+    groups = param_groups(model, opt.name, lr, opt.weight_decay)
     if opt.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=opt.weight_decay)
+        return torch.optim.Adam(groups, lr=lr)
     if opt.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=opt.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum)
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -88,8 +89,11 @@ def train(
     start = time.perf_counter()
     device = data.x_train.device
     torch.manual_seed(seed)
-    model = build_model(space.model, width, data.n_features, data.n_classes).to(device)
-    optimizer = make_optimizer(space, [{"params": list(model.parameters())}], lr)
+    model = build_model(space.model, width, data.n_features, data.n_classes, data.image_shape).to(
+        device
+    )
+    optimizer = make_optimizer(space, model, lr)
+    first_group_lr = optimizer.param_groups[0]["lr"]
     cfg = space.training
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     if cfg.schedule == "cosine":
@@ -134,7 +138,7 @@ def train(
             n_batches += 1
         model.eval()
         val_loss_t, val_acc_t = _evaluate(model, data.x_val, data.y_val)
-        epoch_lr = optimizer.param_groups[0]["lr"]
+        epoch_lr = lr * optimizer.param_groups[0]["lr"] / first_group_lr  # after the schedule
         # The one host sync of the epoch.
         train_loss, val_loss, val_acc = torch.stack(
             [loss_sum / n_batches, val_loss_t, val_acc_t]
