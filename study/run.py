@@ -15,18 +15,17 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.storages._heartbeat import is_heartbeat_enabled
 
 from study._console import Progress, count_trials, summary_table
 from study._errors import UserError
 from study.objective import Objective
+from study.runner import WorkerConfig, run_trials, run_workers
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
 from study.space import Space, load_space
 from study.storage import (
@@ -37,10 +36,7 @@ from study.storage import (
     open_storage,
 )
 
-__all__ = ["build_pruner", "build_sampler", "cli", "main", "run_study"]
-
-# How often a run that waits for other processes' trials looks at the storage again.
-_POLL_S = 1.0
+__all__ = ["build_pruner", "build_sampler", "cli", "main"]
 
 
 def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
@@ -79,13 +75,14 @@ def build_pruner(space: Space) -> optuna.pruners.BasePruner:
     return PerWidthPruner(pruner) if p.per_width else pruner
 
 
-def run_seed(space: Space, n_existing: int) -> int:
-    """The sampler's seed for a run that starts with ``n_existing`` trials in the study.
+def run_seed(space: Space, n_existing: int, worker: int = 0) -> int:
+    """The sampler's seed for a run (or worker) that starts with ``n_existing`` trials stored.
 
     A seeded sampler replays the same parameters after a resume (optuna#3255); mixing in the
-    number of trials already stored keeps a fresh study reproducible and a resumed one new.
+    number of trials already stored keeps a fresh study reproducible and a resumed one new, and
+    the worker index keeps parallel workers from proposing the same lrs.
     """
-    digest = hashlib.sha256(f"{space.seed}:{n_existing}".encode()).digest()
+    digest = hashlib.sha256(f"{space.seed}:{n_existing}:{worker}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
@@ -140,35 +137,6 @@ def _masked_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def run_study(
-    study: optuna.Study,
-    objective: Objective,
-    target: int,
-    progress: Progress | None = None,
-) -> None:
-    """Run trials until the study holds ``target`` finished (COMPLETE + PRUNED) trials.
-
-    Slots held by RUNNING trials of other processes are not taken twice: when they are all
-    that stands between the study and its target, this waits for them to finish or for their
-    heartbeat to go stale (then Optuna fails them and queues a retry, which runs here).
-    """
-    heartbeat = is_heartbeat_enabled(study._storage)
-    while True:
-        counts = count_trials(study.get_trials(deepcopy=False))
-        if progress is not None:
-            progress.update(counts)
-        if counts.finished >= target:
-            return
-        if counts.waiting == 0 and counts.finished + counts.running >= target:
-            if heartbeat:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            time.sleep(_POLL_S)
-            continue
-        study.optimize(objective, n_trials=1)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m study.run",
@@ -182,7 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", default=None, help="default: the space's name")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads on CPU (1 is fastest here)"
+        "--workers",
+        type=int,
+        default=1,
+        help="trial processes on this machine, all on the same storage (default 1)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads per process on CPU (1 is fastest)"
     )
     p.add_argument(
         "--heartbeat",
@@ -210,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.trials < 1:
             raise UserError(f"--trials must be a positive integer, got {args.trials}")
+        if args.workers < 1:
+            raise UserError(f"--workers must be a positive integer, got {args.workers}")
         if args.threads < 1:
             raise UserError(f"--threads must be a positive integer, got {args.threads}")
         if args.heartbeat < 1:
@@ -240,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume += ["--storage", shown]
     if args.study_name:
         resume += ["--study-name", args.study_name]
+    if args.workers > 1:
+        resume += ["--workers", str(args.workers)]
     say(f"storage:   {shown}")
     say(f"study:     {study_name} ({'new' if created else 'resumed'}, target {args.trials} trials)")
     say(
@@ -253,12 +231,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress(args.trials, quiet=args.quiet)
     status = 0
     try:
-        run_study(study, Objective(space, device), args.trials, progress)
+        if args.workers == 1:
+            run_trials(study, Objective(space, device), args.trials, progress)
+        else:
+            configs = [
+                WorkerConfig(
+                    args.space,
+                    args.storage,
+                    study_name,
+                    args.trials,
+                    args.device,
+                    args.threads,
+                    args.heartbeat,
+                    worker=i,
+                )
+                for i in range(args.workers)
+            ]
+            status = run_workers(configs, study, progress, say)
     except KeyboardInterrupt:
         status = 130
+    if status == 130:
         say("\ninterrupted: the study is stored; run the resume command to continue")
     trials = study.get_trials(deepcopy=False)
-    progress.update(count_trials(trials), final=True)
+    counts = count_trials(trials)
+    progress.update(counts, final=True)
+    if status == 1:
+        reached = counts.finished >= args.trials
+        say(f"a worker died; the others {'reached' if reached else 'did not reach'} the target")
+        status = 0 if reached else 1
     say("")
     say(summary_table(trials, list(space.model.widths)))
     if status == 0 and not args.no_report:

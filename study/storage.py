@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "create_or_load_study",
     "dashboard_url",
+    "heartbeatless_stale_trial_ids",
     "mask_url",
     "open_storage",
     "sqlite_path",
@@ -180,21 +182,73 @@ def open_storage(url: str, heartbeat_s: int | None = 10) -> RDBStorage:
             parsed.get_dialect()
         except Exception as e:
             raise UserError(f"storage {shown}: unsupported backend or driver ({e})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_s is not None:
+            kwargs.update(
+                heartbeat_interval=heartbeat_s,
+                grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Several workers creating the tables of a fresh database at once collide
+            # (optuna#4621); the tables exist by the next attempt.
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            first = str(e.orig if getattr(e, "orig", None) else e).strip().splitlines()[0]
+            raise UserError(f"storage {shown}: cannot open: {first}") from None
+        except RuntimeError as e:  # Optuna's schema-compatibility error
+            raise UserError(f"storage {shown}: {str(e).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+def heartbeatless_stale_trial_ids(study: optuna.Study) -> list[int]:
+    """RUNNING trials that never sent a heartbeat and started more than a grace period ago.
+
+    A process killed between creating a trial and its first heartbeat leaves such a trial;
+    Optuna's stale check skips trials without a heartbeat, so it would stay RUNNING forever.
+    """
+    from datetime import datetime, timedelta
+
+    from optuna.storages._rdb import models
+
+    rdb = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(rdb, RDBStorage) or rdb.heartbeat_interval is None:
+        return []
+    grace = timedelta(seconds=rdb.grace_period or 2 * rdb.heartbeat_interval)
+    session = rdb.scoped_session()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if heartbeat_s is not None:
-                kwargs.update(
-                    heartbeat_interval=heartbeat_s,
-                    grace_period=3 * heartbeat_s,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                )
-            return RDBStorage(url, **kwargs)
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        first = str(e.orig if getattr(e, "orig", None) else e).strip().splitlines()[0]
-        raise UserError(f"storage {shown}: cannot open: {first}") from None
-    except RuntimeError as e:  # Optuna's schema-compatibility error
-        raise UserError(f"storage {shown}: {str(e).splitlines()[0]}") from None
+        rows = (
+            session.query(models.TrialModel)
+            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+            .filter(~models.TrialModel.heartbeats.any())
+            .all()
+        )
+        now = datetime.now()
+        return [r.trial_id for r in rows if r.datetime_start and now - r.datetime_start > grace]
+    finally:
+        session.close()
+        rdb.scoped_session.remove()
+
+
+def _wait_for_space(storage: RDBStorage, study_name: str, timeout_s: float = 15.0) -> Any:
+    """A study another worker has just created gets its space a moment later: wait for it."""
+    study_id = storage.get_study_id_from_name(study_name)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        space = storage.get_study_user_attrs(study_id).get("space")
+        if space is not None:
+            return space
+        time.sleep(0.2)
+    return None
 
 
 def create_or_load_study(
@@ -217,6 +271,8 @@ def create_or_load_study(
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     if study_name in existing:
         stored = existing[study_name].user_attrs.get("space")
+        if stored is None and existing[study_name].n_trials == 0:
+            stored = _wait_for_space(storage, study_name)
         if stored is None:
             raise UserError(
                 f"study {study_name!r} holds no search space (not made by this tool); "

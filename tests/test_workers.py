@@ -1,0 +1,308 @@
+"""Many workers, one database: exact totals, kills, Ctrl-C, PostgreSQL, a soak, the dashboard."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study.runner import SURPLUS
+from tests.conftest import load, wait_until, write_space
+
+# Short trials: two tiny widths, two epochs.
+QUICK = """
+[model]
+widths = [4, 8]
+[lr]
+low = 1e-3
+high = 1e-1
+[training]
+epochs = 2
+batch_size = 256
+[pruner]
+name = "none"
+[sampler]
+n_startup_trials = 2
+"""
+
+# Trials long enough to be killed in the middle.
+SLOW = """
+[model]
+widths = [64, 128]
+[lr]
+low = 1e-4
+high = 1e-2
+[training]
+epochs = 60
+batch_size = 32
+[pruner]
+name = "none"
+"""
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    """``python -m study.run ARGS`` in its own session, as a terminal would run it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.run", "--no-report", *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return load(url, name).trials
+    except KeyError:
+        return []
+
+
+def assert_exact(url: str, name: str, target: int) -> list[optuna.trial.FrozenTrial]:
+    """Exactly ``target`` finished trials, none left RUNNING or WAITING, every curve stored."""
+    trials = trials_of(url, name)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == target, [t.state for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in trials}) == len(trials), "duplicate trial numbers"
+    for t in finished:
+        assert len(t.intermediate_values) == t.user_attrs["epochs_run"] >= 1, t.number
+    return trials
+
+
+def _worker_pids(proc: subprocess.Popen) -> list[int]:
+    line = proc.stdout.readline()
+    while line and not line.startswith("workers:"):
+        line = proc.stdout.readline()
+    assert line, "the run printed no worker pids"
+    return [int(p) for p in re.findall(r"\d+", line.split("pids")[1])]
+
+
+def test_four_workers_on_sqlite_reach_the_exact_total(workdir: Path) -> None:
+    path = write_space(workdir, "quick", QUICK)
+    proc = start(
+        "--space",
+        str(path),
+        "--trials",
+        "40",
+        "--workers",
+        "4",
+        "--storage",
+        "sqlite:///w.db",
+        cwd=workdir,
+    )
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "locked" not in out
+    trials = assert_exact("sqlite:///w.db", "quick", 40)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.system_attrs.get(SURPLUS) for t in failed)  # only slots lost in a race
+    widths = [t.params["width"] for t in trials if t.state != TrialState.FAIL]
+    assert abs(widths.count(4) - widths.count(8)) <= 4  # fair share across workers too
+
+
+def test_sigkill_of_one_worker_the_others_finish_and_retry_its_trial(workdir: Path) -> None:
+    url = "sqlite:///k.db"
+    path = write_space(workdir, "slow", SLOW)
+    proc = start(
+        "--space",
+        str(path),
+        "--trials",
+        "6",
+        "--workers",
+        "3",
+        "--storage",
+        url,
+        "--heartbeat",
+        "1",
+        cwd=workdir,
+    )
+    victim = _worker_pids(proc)[0]
+    wait_until(
+        lambda: any(
+            t.state == TrialState.RUNNING and t.intermediate_values for t in trials_of(url, "slow")
+        ),
+        120,
+        "running trials",
+    )
+    os.kill(victim, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert f"(pid {victim}) ended with signal 9" in out
+    trials = assert_exact(url, "slow", 6)
+    stale = [t for t in trials if t.state == TrialState.FAIL and not t.system_attrs.get(SURPLUS)]
+    retries = [t for t in trials if "failed_trial" in t.system_attrs]
+    assert len(stale) == 1 and len(retries) == 1
+    assert retries[0].system_attrs["failed_trial"] == stale[0].number
+    assert retries[0].params == stale[0].params and retries[0].state.is_finished()
+
+
+def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path) -> None:
+    url = "sqlite:///c.db"
+    path = write_space(workdir, "slow", SLOW)
+    proc = start(
+        "--space", str(path), "--trials", "50", "--workers", "2", "--storage", url, cwd=workdir
+    )
+    pids = _worker_pids(proc)
+    wait_until(
+        lambda: (
+            sum(
+                t.state == TrialState.RUNNING and bool(t.intermediate_values)
+                for t in trials_of(url, "slow")
+            )
+            == 2
+        ),
+        120,
+        "two running trials",
+    )
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "best value" in out
+    for pid in pids:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+    assert not [t for t in trials_of(url, "slow") if t.state == TrialState.RUNNING]
+
+
+def _postgres_url() -> str:
+    url = os.environ.get("STUDY_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail("REQUIRE_POSTGRES is set but STUDY_TEST_POSTGRES_URL is not")
+        pytest.skip("no PostgreSQL server: set STUDY_TEST_POSTGRES_URL (.ci/run starts one)")
+    return url
+
+
+def test_three_workers_on_postgresql_as_on_three_machines(workdir: Path) -> None:
+    url = _postgres_url()
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    path = write_space(workdir, "quick", QUICK)
+    # Three separate commands started together, each as it would be on its own machine.
+    procs = [
+        start(
+            "--space",
+            str(path),
+            "--trials",
+            "30",
+            "--storage",
+            url,
+            "--study-name",
+            name,
+            "--quiet",
+            cwd=workdir,
+        )
+        for _ in range(3)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out
+        assert "study" not in out or "error" not in out
+    trials = assert_exact(url, name, 30)
+    assert {t.params["width"] for t in trials} == {4, 8}
+    assert "password" not in str(load(url, name).user_attrs)
+
+
+def test_soak_random_kills_and_restarts_lose_nothing(workdir: Path) -> None:
+    """Short trials, three workers, random SIGKILLs of a worker or of the whole run, restarts."""
+    url = "sqlite:///soak.db"
+    path = write_space(workdir, "quick", QUICK)
+    target, rounds, kills = 150, 3, 0
+    rng = random.Random(0)
+    args = (
+        "--space",
+        str(path),
+        "--trials",
+        str(target),
+        "--workers",
+        "3",
+        "--storage",
+        url,
+        "--heartbeat",
+        "1",
+        "--quiet",
+    )
+
+    def finished() -> int:
+        return sum(t.state.is_finished() for t in trials_of(url, "quick"))
+
+    for _ in range(rounds):
+        proc = start(*args[:-1], cwd=workdir)  # not quiet: it prints the worker pids
+        pids = _worker_pids(proc)
+        for victim in (rng.choice(pids), proc.pid):  # one worker, then the whole run
+            before = finished()
+            wait_until(
+                lambda b=before, p=proc: finished() >= b + 5 or p.poll() is not None,
+                120,
+                "progress",
+            )
+            if proc.poll() is not None:
+                break
+            os.kill(victim, signal.SIGKILL)  # killing the run kills its workers with it
+            kills += 1
+        proc.wait(timeout=120)
+        proc.stdout.close()
+        wait_until(
+            lambda pids=pids: all(
+                not Path(f"/proc/{p}").exists() or "zombie" in Path(f"/proc/{p}/status").read_text()
+                for p in pids
+            ),
+            30,
+            "the workers to end with their run",
+        )
+    final = start(*args, cwd=workdir)
+    out, _ = final.communicate(timeout=600)
+    assert final.returncode == 0, out
+    assert kills >= 3
+    trials = assert_exact(url, "quick", target)
+    con = sqlite3.connect(workdir / "soak.db")
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    con.close()
+    # Every failed trial is accounted for: a slot lost in a race, or a killed trial retried.
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    for t in failed:
+        assert t.system_attrs.get(SURPLUS) or t.number in retried, t.number
+    print(
+        f"soak: {target} trials, 3 workers, {kills} kills, {len(failed)} failed "
+        f"({sum(bool(t.system_attrs.get(SURPLUS)) for t in failed)} surplus), lost 0"
+    )
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(workdir: Path) -> None:
+    from datetime import datetime, timedelta
+
+    from study.runner import _fail_stale
+    from study.storage import open_storage
+
+    storage = open_storage("sqlite:///h.db", heartbeat_s=1)
+    study = optuna.create_study(study_name="h", storage=storage)
+    dists = {"width": optuna.distributions.CategoricalDistribution([4, 8])}
+    study.add_trial(optuna.trial.create_trial(params={"width": 4}, distributions=dists, value=1.0))
+    # What a process killed right after creating its trial leaves: RUNNING, no heartbeat.
+    trial_id = storage.create_new_trial(study._study_id)
+    storage.set_trial_param(trial_id, "width", 1.0, dists["width"])
+    old = datetime.now() - timedelta(seconds=60)
+    from optuna.storages._rdb import models
+
+    session = storage.scoped_session()
+    session.query(models.TrialModel).filter_by(trial_id=trial_id).one().datetime_start = old
+    session.commit()
+    session.close()
+    _fail_stale(study)
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].params == {"width": 8} and trials[2].system_attrs["failed_trial"] == 1
