@@ -306,3 +306,82 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(workdir
     trials = study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[2].params == {"width": 8} and trials[2].system_attrs["failed_trial"] == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_reads_a_study_while_workers_write_it(workdir: Path) -> None:
+    import json
+    import urllib.request
+
+    url = "sqlite:///d.db"
+    path = write_space(workdir, "quick", QUICK)
+    writers = start(
+        "--space",
+        str(path),
+        "--trials",
+        "80",
+        "--workers",
+        "2",
+        "--storage",
+        url,
+        "--quiet",
+        cwd=workdir,
+    )
+    wait_until(lambda: len(trials_of(url, "quick")) >= 3, 120, "the first trials")
+    port = _free_port()
+    dash = subprocess.Popen(
+        [sys.executable, "-m", "study.dashboard", "--storage", url, "--port", str(port)],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def get(p: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{p}", timeout=10) as r:
+            return json.load(r)
+
+    def answers() -> bool:
+        if dash.poll() is not None:
+            raise AssertionError("dashboard exited: " + dash.stdout.read())
+        try:
+            return bool(get("/api/studies")["study_summaries"])
+        except OSError:
+            return False
+
+    seen = []
+    try:
+        wait_until(answers, 60, "the dashboard to answer")
+        study_id = get("/api/studies")["study_summaries"][0]["study_id"]
+        while writers.poll() is None:  # read the study for as long as the workers write it
+            seen.append(len(get(f"/api/studies/{study_id}")["trials"]))
+        seen.append(len(get(f"/api/studies/{study_id}")["trials"]))
+    finally:
+        dash.terminate()
+        dash.wait(timeout=30)
+        out, _ = writers.communicate(timeout=600)
+    assert writers.returncode == 0, out
+    assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] >= 80
+    trials = assert_exact(url, "quick", 80)
+    assert all(t.system_attrs.get(SURPLUS) for t in trials if t.state == TrialState.FAIL)
+
+
+def test_dashboard_refuses_a_network_address_without_the_flag(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.dashboard import dashboard_command, main
+
+    (workdir / "x.db").write_bytes(b"")
+    assert main(["--storage", "sqlite:///x.db", "--host", "0.0.0.0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    cmd = dashboard_command("sqlite:///x.db", "0.0.0.0", 8080, allow_remote=True)
+    assert cmd[-4:] == ["--host", "0.0.0.0", "--port", "8080"]
+    assert main(["--storage", "sqlite:///missing.db"]) == 2
+    assert not (workdir / "missing.db").exists()
