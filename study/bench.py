@@ -1,0 +1,284 @@
+"""The benchmark: ``python -m study.bench`` (or ``python scripts/bench.py``).
+
+Measures, in one run on this machine, and writes ``bench.json`` and a table:
+
+* the fp32 matmul peak (torch, 1 thread as trials use, and all threads);
+* training FLOP/s per width (~ 6 x weights x samples / seconds) and its fraction of that peak;
+* ``trial.report`` latency (median, 99th percentile) on the tool's SQLite and on a default one;
+* the default study run by the tool (``--workers 2``), the same space with no pruning and one
+  trial at a time (the reference answer), and the naive baseline (``scripts/baseline_naive.py``:
+  DataLoader, default threads, default SQLite, study-wide MedianPruner, plain TPE): wall times,
+  the ratio, epochs used, the share of wall time outside training, and how far each width's lr*
+  moves between the tool's answer and the reference (log2 units).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from study.analysis import analyze, points_from_trials
+from study.data import load_dataset
+from study.model import build_model, count_parameters
+from study.space import load_space, resolve_space_path
+from study.storage import open_storage, use_wal
+from study.train import train
+
+__all__ = ["main", "matmul_peak"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
+    """fp32 GFLOP/s of an n x n matmul with ``threads`` torch threads (best of repeated runs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    torch.set_num_threads(before)
+    return best
+
+
+def training_flops(space_name: str, epochs: int = 3) -> list[dict[str, float]]:
+    """Achieved training GFLOP/s per width, one thread, one run of ``epochs`` at lr 1e-3."""
+    import dataclasses
+
+    torch.set_num_threads(1)
+    space = load_space(space_name)
+    space = dataclasses.replace(space, training=dataclasses.replace(space.training, epochs=epochs))
+    data = load_dataset(space.dataset, space.seed)
+    train(space, data, space.model.widths[0], 1e-3, seed=0)  # warm-up: first-call costs
+    rows = []
+    for width in space.model.widths:
+        model = build_model(space.model, width, data.n_features, data.n_classes)
+        weights = sum(p.numel() for p in model.parameters() if p.dim() > 1)
+        r = train(space, data, width, 1e-3, seed=0)
+        # forward + backward: 6 x weights per training sample; evaluation: 2 x weights per
+        # validation sample, every epoch and once before training.
+        flops = 6 * weights * len(data.x_train) * epochs + 2 * weights * len(data.x_val) * (
+            epochs + 1
+        )
+        gflops = flops / r.seconds / 1e9
+        rows.append(
+            {
+                "width": width,
+                "params": count_parameters(model),
+                "seconds_per_epoch": r.seconds / epochs,
+                "gflops": gflops,
+            }
+        )
+    return rows
+
+
+def report_latency(folder: Path, n: int = 300) -> dict[str, dict[str, float]]:
+    """Milliseconds per ``trial.report`` on the tool's SQLite and on Optuna's default one."""
+    out = {}
+    for name in ("tool", "default"):
+        url = f"sqlite:///{folder / f'latency_{name}.db'}"
+        if name == "tool":
+            storage = open_storage(url, heartbeat_s=None)
+            use_wal(storage)
+        else:
+            storage = optuna.storages.RDBStorage(url)
+        study = optuna.create_study(storage=storage)
+        trial = study.ask()
+        times = []
+        for step in range(n):
+            t = time.perf_counter()
+            trial.report(1.0 / (step + 1), step)
+            times.append((time.perf_counter() - t) * 1000)
+        study.tell(trial, 0.0)
+        times.sort()
+        out[name] = {"median_ms": statistics.median(times), "p99_ms": times[int(0.99 * n) - 1]}
+    return out
+
+
+def _timed(cmd: list[str], cwd: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def _study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
+    space = load_space(space_name)
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    fit = analyze(
+        points_from_trials(study.trials),
+        list(space.model.widths),
+        (space.lr.low, space.lr.high),
+        n_bootstrap=200,
+    )
+    return {
+        "trials": len(trials),
+        "epochs": sum(
+            int(t.user_attrs.get("epochs_run", len(t.intermediate_values))) for t in trials
+        ),
+        "train_seconds": sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials),
+        "lr_star": {str(e.width): e.lr_star for e in fit.widths},
+        "alpha": fit.alpha,
+    }
+
+
+def compare_studies(folder: Path, space_name: str, trials: int, workers: int) -> dict[str, Any]:
+    """The tool (fast settings), the reference (no pruning, one process), the naive baseline."""
+    space_path = resolve_space_path(space_name)
+    no_prune = folder / f"{space_name}_nopruning.toml"
+    no_prune.write_text(space_path.read_text().replace('name = "median"', 'name = "none"'))
+    py = sys.executable
+    runs = {
+        "tool": [
+            py,
+            "-m",
+            "study.run",
+            "--space",
+            str(space_path),
+            "--trials",
+            str(trials),
+            "--storage",
+            "sqlite:///tool.db",
+            "--workers",
+            str(workers),
+            "--no-report",
+            "--quiet",
+        ],
+        "reference": [
+            py,
+            "-m",
+            "study.run",
+            "--space",
+            str(no_prune),
+            "--trials",
+            str(trials),
+            "--storage",
+            "sqlite:///reference.db",
+            "--no-report",
+            "--quiet",
+        ],
+        "naive": [
+            py,
+            str(REPO / "scripts" / "baseline_naive.py"),
+            "--space",
+            str(space_path),
+            "--trials",
+            str(trials),
+            "--storage",
+            "sqlite:///naive.db",
+        ],
+    }
+    out: dict[str, Any] = {}
+    for name, cmd in runs.items():
+        for suffix in ("", "-wal", "-shm"):
+            (folder / f"{name}.db{suffix}").unlink(missing_ok=True)
+        wall = _timed(cmd, folder)
+        study_name = no_prune.stem if name == "reference" else load_space(str(space_path)).name
+        facts = _study_facts(f"sqlite:///{folder / f'{name}.db'}", study_name, str(space_path))
+        n_proc = workers if name == "tool" else 1
+        facts["wall_s"] = wall
+        # The naive script records no training time: its share is not measured.
+        facts["outside_training_share"] = (
+            None if name == "naive" else max(0.0, 1 - facts["train_seconds"] / (wall * n_proc))
+        )
+        out[name] = facts
+    ref = out["reference"]["lr_star"]
+    for name in ("tool", "naive"):
+        out[name]["lr_star_moves_log2"] = {
+            w: (abs(math.log2(v / ref[w])) if v and ref.get(w) else None)
+            for w, v in out[name]["lr_star"].items()
+        }
+    out["speedup_vs_naive"] = out["naive"]["wall_s"] / out["tool"]["wall_s"]
+    out["speedup_vs_reference"] = out["reference"]["wall_s"] / out["tool"]["wall_s"]
+    return out
+
+
+def _table(res: dict[str, Any]) -> str:
+    lines = [
+        f"machine: {res['machine']}",
+        f"fp32 matmul peak: {res['peak_gflops_1thread']:.0f} GFLOP/s (1 thread), "
+        f"{res['peak_gflops_all']:.0f} GFLOP/s ({res['threads_all']} threads)",
+        "",
+        "width  params     s/epoch  GFLOP/s  of peak",
+    ]
+    for r in res["training"]:
+        lines.append(
+            f"{r['width']:>5}  {r['params']:>9,}  {r['seconds_per_epoch']:7.3f}  "
+            f"{r['gflops']:7.1f}  {r['gflops'] / res['peak_gflops_1thread']:6.0%}"
+        )
+    lat = res["report_latency"]
+    lines += [
+        "",
+        f"trial.report: tool SQLite median {lat['tool']['median_ms']:.2f} ms, "
+        f"p99 {lat['tool']['p99_ms']:.2f} ms; default SQLite median "
+        f"{lat['default']['median_ms']:.2f} ms, p99 {lat['default']['p99_ms']:.2f} ms",
+    ]
+    st = res["studies"]
+    lines += [
+        "",
+        "run        wall s  trials  epochs  outside training  alpha   max |lr* move| log2",
+    ]
+    for name in ("tool", "reference", "naive"):
+        s = st[name]
+        moves = [m for m in s.get("lr_star_moves_log2", {}).values() if m is not None]
+        alpha = f"{s['alpha']:.2f}" if s["alpha"] is not None else "-"
+        lines.append(
+            f"{name:<9}  {s['wall_s']:6.1f}  {s['trials']:6d}  {s['epochs']:6d}  "
+            f"{s['outside_training_share']:15.1%}  {alpha:>5}   "
+            f"{max(moves) if moves else 0:.2f}"
+        )
+    lines += [
+        "",
+        f"tool vs naive baseline: {st['speedup_vs_naive']:.2f}x faster; vs the "
+        f"reference (no pruning, one process): {st['speedup_vs_reference']:.2f}x",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="mlp_digits")
+    p.add_argument("--trials", type=int, default=200)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default="bench", help="folder for bench.json and the studies")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    folder = Path(args.out).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    res: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"optuna {optuna.__version__}",
+        "threads_all": os.cpu_count(),
+        "command": "python -m study.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    res["peak_gflops_1thread"] = matmul_peak(1)
+    res["peak_gflops_all"] = matmul_peak(os.cpu_count() or 1)
+    res["training"] = training_flops(args.space)
+    res["report_latency"] = report_latency(folder)
+    res["studies"] = compare_studies(folder, args.space, args.trials, args.workers)
+    (folder / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(_table(res))
+    print(f"\nwritten: {folder / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
