@@ -5,9 +5,10 @@ Measures, in one run on this machine, and writes ``bench.json`` and a table:
 * the fp32 matmul peak (torch, 1 thread as trials use, and all threads);
 * training FLOP/s per width (~ 6 x weights x samples / seconds) and its fraction of that peak;
 * ``trial.report`` latency (median, 99th percentile) on the tool's SQLite and on a default one;
-* the default study run by the tool (``--workers 2``), the same space with no pruning and one
-  trial at a time (the reference answer), and the naive baseline (``scripts/baseline_naive.py``:
-  DataLoader, default threads, default SQLite, study-wide MedianPruner, plain TPE): wall times,
+* the default study run by the tool (``--workers 2``, stacking on), the same space with no
+  pruning, no stacking and one trial at a time (the reference answer), and the naive baseline
+  (``scripts/baseline_naive.py``: DataLoader, default threads, default SQLite, study-wide
+  MedianPruner, plain TPE): wall times,
   the ratio, epochs used, the share of wall time outside training, and how far each width's lr*
   moves between the tool's answer and the reference (log2 units).
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import optuna
 import torch
@@ -10,7 +11,7 @@ import torch
 from study.data import Dataset, load_dataset
 from study.sampling import LR, WIDTH
 from study.space import Space
-from study.train import EpochResult, train
+from study.train import EpochResult, TrainResult, train
 
 __all__ = ["Objective", "trial_seed"]
 
@@ -43,16 +44,25 @@ class Objective:
             self._data = load_dataset(self.space.dataset, self.space.seed, self.device)
         return self._data
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def suggest(self, trial: optuna.Trial) -> tuple[int, float]:
+        """The trial's width (first: the sampler balances widths on it) and lr."""
         space = self.space
         width = trial.suggest_categorical(WIDTH, list(space.model.widths))
         lr = trial.suggest_float(LR, space.lr.low, space.lr.high, log=True)
+        return int(width), lr
+
+    @staticmethod
+    def reporter(trial: optuna.Trial) -> Callable[[EpochResult], bool]:
+        """Reports each epoch's validation loss; True when the trial should stop."""
 
         def on_epoch(ep: EpochResult) -> bool:
             trial.report(ep.val_loss, ep.epoch)
             return not ep.diverged and trial.should_prune()
 
-        r = train(space, self.data, int(width), lr, trial_seed(space, trial.number), on_epoch)
+        return on_epoch
+
+    def finish(self, trial: optuna.Trial, r: TrainResult, lr: float) -> float:
+        """Record the run on the trial; its value, or TrialPruned if stopped or diverged."""
         attrs = {
             "best_val_loss": r.best_val_loss,
             "final_val_loss": r.final_val_loss,
@@ -75,3 +85,9 @@ class Objective:
         if r.stopped:
             raise optuna.TrialPruned(f"pruned at epoch {r.epochs_run}")
         return r.best_val_loss
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        width, lr = self.suggest(trial)
+        seed = trial_seed(self.space, trial.number)
+        r = train(self.space, self.data, width, lr, seed, self.reporter(trial))
+        return self.finish(trial, r, lr)

@@ -159,6 +159,18 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch threads per process on CPU (1 is fastest)"
     )
     p.add_argument(
+        "--stack",
+        type=int,
+        default=8,
+        help="train up to this many trials of one width at once as a stacked model (1: off)",
+    )
+    p.add_argument(
+        "--stack-max-width",
+        type=int,
+        default=128,
+        help="stack only widths up to this (where stacking wins on one CPU thread)",
+    )
+    p.add_argument(
         "--heartbeat",
         type=int,
         default=10,
@@ -186,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--trials must be a positive integer, got {args.trials}")
         if args.workers < 1:
             raise UserError(f"--workers must be a positive integer, got {args.workers}")
+        if args.stack < 1:
+            raise UserError(f"--stack must be a positive integer, got {args.stack}")
         if args.threads < 1:
             raise UserError(f"--threads must be a positive integer, got {args.threads}")
         if args.heartbeat < 1:
@@ -232,7 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         if args.workers == 1:
-            run_trials(study, Objective(space, device), args.trials, progress)
+            run_trials(
+                study,
+                Objective(space, device),
+                args.trials,
+                progress,
+                stack=args.stack,
+                stack_max_width=args.stack_max_width,
+            )
         else:
             configs = [
                 WorkerConfig(
@@ -244,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.threads,
                     args.heartbeat,
                     worker=i,
+                    stack=args.stack,
+                    stack_max_width=args.stack_max_width,
                 )
                 for i in range(args.workers)
             ]

@@ -12,9 +12,12 @@ outright leaves a trial that any other process fails and retries after the grace
 
 from __future__ import annotations
 
+import contextlib
+import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -27,33 +30,42 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from study._console import Progress, count_trials
-from study.storage import heartbeatless_stale_trial_ids
+from study._console import Counts, Progress, count_trials
+from study.objective import Objective, trial_seed
+from study.sampling import WIDTH, WidthStratifiedSampler
+from study.stacked import can_stack, train_stacked
+from study.storage import claim_stale_trial, heartbeatless_stale_trial_ids
+from study.train import train
 
 __all__ = ["WorkerConfig", "run_trials", "run_workers"]
 
 # How often a process that waits on other processes' trials looks at the storage again.
 POLL_S = 1.0
 SURPLUS = "surplus"
+WORKER = "worker"
+_WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 _SLOT_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
 def _fail_stale(study: optuna.Study) -> None:
-    """Fail (and queue again) trials whose process died, including ones killed before their
-    first heartbeat, which Optuna never considers stale."""
-    if not is_heartbeat_enabled(study._storage):
+    """Fail the trials whose process died and queue each again right away.
+
+    Stale means a heartbeat older than the grace period, or none at all for longer (a process
+    killed before its first heartbeat; Optuna's own check skips those). Exactly one process
+    claims each stale trial (a conditional UPDATE) and queues its retry, before looking at the
+    next, so a process killed meanwhile loses at most one retry (its slot is refilled by a new
+    trial; the total stays exact).
+    """
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    for trial_id in heartbeatless_stale_trial_ids(study):
-        try:
-            if study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                callback = study._storage.get_heartbeat_stale_trial_callback()
-                if callback is not None:
-                    callback(study, study._storage.get_trial(trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another process got there first
+    stale = storage._get_stale_trial_ids(study._study_id) + heartbeatless_stale_trial_ids(study)
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in stale:
+        if not claim_stale_trial(study, trial_id):
+            continue  # another process got there first
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
 
 
 class _Deferred:
@@ -89,14 +101,8 @@ def _holds_slot(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
     return sum(t.number < trial.number for t in before) < target
 
 
-def run_one_trial(
-    study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int
-) -> TrialState:
-    """Ask for a trial, run it with a heartbeat if it holds a slot, tell the result.
-
-    Returns:
-        The trial's final state. KeyboardInterrupt and errors fail the trial and propagate.
-    """
+def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
+    """Ask for a trial and record its first heartbeat; None when it got no slot (surplus)."""
     with _Deferred() as held:
         _fail_stale(study)
         with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for
@@ -104,6 +110,8 @@ def run_one_trial(
             trial = study.ask()
         if is_heartbeat_enabled(study._storage):
             study._storage.record_heartbeat(trial._trial_id)  # stale from now on if we die
+        # Which process runs it (host:pid), for finding a lost worker in a many-machine study.
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER, _WORKER_ID)
         surplus = not _holds_slot(study, trial, target)
         if surplus:
             study._storage.set_trial_system_attr(trial._trial_id, SURPLUS, True)
@@ -112,36 +120,163 @@ def run_one_trial(
         with _Deferred():
             study.tell(trial, state=TrialState.FAIL)
     held.deliver()
-    if surplus:
-        return TrialState.FAIL
+    return None if surplus else trial
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, finish: Callable[[], float]) -> TrialState:
+    """Tell the trial's end as ``finish`` gives it (a value, or TrialPruned).
+
+    Call it inside ``_Deferred``: an interrupt between the attrs and the state would leave the
+    trial RUNNING.
+    """
     state, value = TrialState.COMPLETE, None
+    try:
+        value = finish()
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    study.tell(trial, value, state=state)
+    return state
+
+
+def _fail_all(study: optuna.Study, trials: list[optuna.Trial]) -> None:
+    with _Deferred():  # a second Ctrl-C must not leave a trial RUNNING
+        for trial in trials:
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def run_one_trial(study: optuna.Study, objective: Objective, target: int) -> TrialState | None:
+    """Ask for a trial, run it with a heartbeat if it holds a slot, tell the result.
+
+    Returns:
+        The trial's final state (None: surplus). KeyboardInterrupt and errors fail the trial and
+        propagate.
+    """
+    trial = _new_trial(study, target)
+    if trial is None:
+        return None
     with get_heartbeat_thread(trial._trial_id, study._storage):
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except BaseException:
-            with _Deferred() as held:  # a second Ctrl-C must not leave the trial RUNNING
-                study.tell(trial, state=TrialState.FAIL)
-            raise
+        return _train_and_tell(study, objective, trial)
+
+
+def _train_and_tell(study: optuna.Study, objective: Objective, trial: optuna.Trial) -> TrialState:
+    """Train one created trial (its heartbeat already running) and tell its end."""
+    try:
+        width, lr = objective.suggest(trial)
+        seed = trial_seed(objective.space, trial.number)
+        r = train(objective.space, objective.data, width, lr, seed, objective.reporter(trial))
+    except BaseException:
+        _fail_all(study, [trial])
+        raise
     with _Deferred() as held:
-        study.tell(trial, value, state=state)
+        state = _tell(study, trial, lambda: objective.finish(trial, r, lr))
     held.deliver()
     return state
 
 
+def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k: int) -> int:
+    """Up to ``k`` new trials of one width (the next one due) trained at once as a stack.
+
+    Every trial's heartbeat runs from its creation. A queued retry popped meanwhile keeps its
+    own width: it runs alone after the stack.
+
+    Returns:
+        How many trials were run.
+    """
+    sampler = study.sampler
+    assert isinstance(sampler, WidthStratifiedSampler)
+    members: list[optuna.Trial] = []
+    queued: list[optuna.Trial] = []
+    lrs: list[float] = []
+    with contextlib.ExitStack() as beats:
+        try:
+            with sampler.fixed_width(sampler.next_width(study)) as width:
+                for _ in range(k):
+                    trial = _new_trial(study, target)
+                    if trial is None:
+                        break
+                    beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+                    if "fixed_params" in study._storage.get_trial_system_attrs(trial._trial_id):
+                        queued.append(trial)
+                        continue
+                    members.append(trial)
+                    lrs.append(objective.suggest(trial)[1])  # TPE on this width's trials
+                    trial.set_user_attr("stacked", k)
+            reporters = [objective.reporter(t) for t in members]
+            results = (
+                train_stacked(
+                    objective.space,
+                    objective.data,
+                    width,
+                    lrs,
+                    [trial_seed(objective.space, t.number) for t in members],
+                    lambda member, ep: reporters[member](ep),
+                )
+                if members
+                else []
+            )
+        except BaseException:
+            _fail_all(study, members + queued)
+            raise
+        with _Deferred() as held:  # every member is told, even if Ctrl-C comes meanwhile
+            for t, r, lr in zip(members, results, lrs, strict=True):
+                _tell(study, t, lambda t=t, r=r, lr=lr: objective.finish(t, r, lr))
+        held.deliver()
+        for i, t in enumerate(queued):
+            try:
+                _train_and_tell(study, objective, t)
+            except BaseException:
+                _fail_all(study, queued[i + 1 :])
+                raise
+    return len(members) + len(queued)
+
+
+def _stack_size(
+    study: optuna.Study,
+    objective: Objective,
+    target: int,
+    stack: int,
+    stack_max_width: int,
+    counts: Counts,
+) -> int:
+    """How many trials of the next width to train at once (1: a single trial).
+
+    Never more than the free slots, nor than that width still needs for its equal share.
+    """
+    sampler = study.sampler
+    if (
+        stack <= 1
+        or counts.waiting  # a retry keeps its own width: it runs alone first
+        or not can_stack(objective.space)
+        or not isinstance(sampler, WidthStratifiedSampler)
+    ):
+        return 1
+    width = sampler.next_width(study)
+    if width > stack_max_width:
+        return 1
+    widths = objective.space.model.widths
+    held = sum(
+        t.params.get(WIDTH) == width for t in study.get_trials(deepcopy=False, states=_SLOT_STATES)
+    )
+    share = math.ceil(target / len(widths)) - held
+    free = target - counts.finished - counts.running - counts.waiting
+    return max(1, min(stack, free, share))
+
+
 def run_trials(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Objective,
     target: int,
     progress: Progress | None = None,
     stop: Callable[[], bool] = lambda: False,
+    stack: int = 1,
+    stack_max_width: int = 128,
 ) -> None:
     """Run trials until the study holds ``target`` finished (COMPLETE + PRUNED) trials.
 
     When the slots left are all held by RUNNING trials of other processes, this waits for them
     to finish or for their heartbeat to go stale (then they are failed, queued again, and run).
-    ``stop`` is asked before every trial; True ends the loop early.
+    ``stop`` is asked before every trial; True ends the loop early. With ``stack`` > 1, trials
+    of widths up to ``stack_max_width`` are trained ``stack`` at a time (where stacking wins).
     """
     while not stop():
         counts = count_trials(study.get_trials(deepcopy=False))
@@ -153,7 +288,11 @@ def run_trials(
             _fail_stale(study)
             time.sleep(POLL_S)
             continue
-        run_one_trial(study, objective, target)
+        k = _stack_size(study, objective, target, stack, stack_max_width, counts)
+        if k > 1:
+            run_stacked_trials(study, objective, target, k)
+        else:
+            run_one_trial(study, objective, target)
 
 
 @dataclass(frozen=True)
@@ -168,6 +307,8 @@ class WorkerConfig:
     threads: int
     heartbeat_s: int
     worker: int  # 0..N-1: makes each worker's sampler seed differ
+    stack: int = 1
+    stack_max_width: int = 128
 
 
 def _die_with_parent() -> None:
@@ -208,7 +349,12 @@ def _worker_main(cfg: WorkerConfig, parent_pid: int) -> None:
     )
     try:
         run_trials(
-            study, Objective(space, device), cfg.target, stop=lambda: os.getppid() != parent_pid
+            study,
+            Objective(space, device),
+            cfg.target,
+            stop=lambda: os.getppid() != parent_pid,
+            stack=cfg.stack,
+            stack_max_width=cfg.stack_max_width,
         )
     except KeyboardInterrupt:
         sys.exit(130)

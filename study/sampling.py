@@ -11,8 +11,9 @@ Both work through :class:`_WidthView`, a study seen through a filter on the ``wi
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -85,6 +86,16 @@ class WidthStratifiedSampler(BaseSampler):
             raise ValueError("widths must not be empty.")
         self._widths = list(widths)
         self._lr_sampler = lr_sampler
+        self._fixed: int | None = None
+
+    @contextlib.contextmanager
+    def fixed_width(self, width: int) -> Iterator[int]:
+        """Within the block, every new trial gets ``width`` (a stack of trials of one width)."""
+        self._fixed = width
+        try:
+            yield width
+        finally:
+            self._fixed = None
 
     def next_width(self, study: optuna.Study) -> int:
         """The width with the fewest trials holding a share (first in the list on a tie)."""
@@ -113,7 +124,7 @@ class WidthStratifiedSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         if param_name == WIDTH:
-            return self.next_width(study)
+            return self._fixed if self._fixed is not None else self.next_width(study)
         if WIDTH not in trial.params:
             raise RuntimeError(f"suggest {WIDTH!r} before {param_name!r}.")
         view = _WidthView(study, _same_width(trial.params[WIDTH]))

@@ -12,6 +12,7 @@ import sqlite3
 import time
 import warnings
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from study.space import Space, space_diff
 __all__ = [
     "DEFAULT_STORAGE",
     "create_or_load_study",
+    "claim_stale_trial",
     "dashboard_url",
     "heartbeatless_stale_trial_ids",
     "mask_url",
@@ -234,6 +236,46 @@ def heartbeatless_stale_trial_ids(study: optuna.Study) -> list[int]:
         )
         now = datetime.now()
         return [r.trial_id for r in rows if r.datetime_start and now - r.datetime_start > grace]
+    finally:
+        session.close()
+        rdb.scoped_session.remove()
+
+
+def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
+    """Fail a RUNNING trial in one conditional UPDATE; True only for the one process that did.
+
+    Two processes that both see a trial go stale must not both queue a retry (on SQLite, which
+    has no row locks, Optuna's read-then-write lets both succeed). ``UPDATE ... WHERE state =
+    RUNNING`` succeeds for exactly one of them.
+    """
+    from datetime import datetime
+
+    from optuna.storages._rdb import models
+
+    rdb = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(rdb, RDBStorage):
+        return study._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+    session = rdb.scoped_session()
+    try:
+        n = (
+            session.query(models.TrialModel)
+            .filter(models.TrialModel.trial_id == trial_id)
+            .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+            .update(
+                {
+                    models.TrialModel.state: optuna.trial.TrialState.FAIL,
+                    models.TrialModel._datetime_complete_utc: datetime.now(UTC).replace(
+                        tzinfo=None
+                    ),
+                },
+                synchronize_session=False,
+            )
+        )
+        session.commit()
+        return n == 1
+    except Exception:
+        session.rollback()
+        raise
     finally:
         session.close()
         rdb.scoped_session.remove()

