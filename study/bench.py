@@ -241,10 +241,11 @@ def _table(res: dict[str, Any]) -> str:
         s = st[name]
         moves = [m for m in s.get("lr_star_moves_log2", {}).values() if m is not None]
         alpha = f"{s['alpha']:.2f}" if s["alpha"] is not None else "-"
+        share = s["outside_training_share"]
+        share_s = f"{share:.1%}" if share is not None else "n/a"
         lines.append(
             f"{name:<9}  {s['wall_s']:6.1f}  {s['trials']:6d}  {s['epochs']:6d}  "
-            f"{s['outside_training_share']:15.1%}  {alpha:>5}   "
-            f"{max(moves) if moves else 0:.2f}"
+            f"{share_s:>15}  {alpha:>5}   {max(moves) if moves else 0:.2f}"
         )
     lines += [
         "",
@@ -256,11 +257,15 @@ def _table(res: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--table", metavar="BENCH_JSON", help="only print the table of a bench.json")
     p.add_argument("--space", default="mlp_digits")
     p.add_argument("--trials", type=int, default=200)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="bench", help="folder for bench.json and the studies")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.table:
+        print(_table(json.loads(Path(args.table).read_text())))
+        return 0
     folder = Path(args.out).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
