@@ -67,3 +67,26 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+# A space whose trials take long enough to be killed or interrupted in the middle.
+SLOW_SPACE = """
+[model]
+widths = [64, 128]
+[lr]
+low = 1e-4
+high = 1e-2
+[training]
+epochs = 60
+batch_size = 32
+[pruner]
+name = "none"
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

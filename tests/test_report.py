@@ -16,7 +16,7 @@ from optuna_dashboard._custom_plot_data import SYSTEM_ATTR_PLOT_DATA
 
 from study import report
 from study.run import main as run_main
-from tests.conftest import db_digest, load
+from tests.conftest import db_digest, free_port, load
 
 URL = "sqlite:///r.db"
 
@@ -246,14 +246,6 @@ def test_html_report_renders_in_a_real_browser_without_script_errors(
     assert pixels.shape[0] > 500 and pixels.std() > 0.05, "the page rendered empty"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_dashboard_serves_the_saved_figure_and_note(db: Path, workdir: Path) -> None:
     import sys
     import urllib.request
@@ -261,7 +253,7 @@ def test_real_dashboard_serves_the_saved_figure_and_note(db: Path, workdir: Path
     from tests.conftest import wait_until
 
     assert _report("--study-name", "smoke", "--out", "out") == 0
-    port = _free_port()
+    port = free_port()
     dashboard = Path(sys.executable).parent / "optuna-dashboard"
     proc = subprocess.Popen(
         [str(dashboard), URL, "--host", "127.0.0.1", "--port", str(port)],

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study.run import main
-from tests.conftest import db_digest, load, spawn, wait_until, write_space
+from tests.conftest import SLOW_SPACE, db_digest, load, spawn, wait_until, write_space
 
 
 def _run(*args: str) -> int:
@@ -146,23 +146,9 @@ def test_every_width_gets_its_equal_share_even_when_stacked(workdir: Path) -> No
     assert counts == {8: 4, 16: 4, 32: 4}
 
 
-SLOW = """
-[model]
-widths = [64, 128]
-[lr]
-low = 1e-4
-high = 1e-2
-[training]
-epochs = 60
-batch_size = 32
-[pruner]
-name = "none"
-"""
-
-
 def test_sigkill_mid_study_is_resumed_to_exactly_the_total(workdir: Path) -> None:
     url = "sqlite:///k.db"
-    path = write_space(workdir, "slow", SLOW)
+    path = write_space(workdir, "slow", SLOW_SPACE)
     args = ("--space", str(path), "--trials", "5", "--storage", url, "--heartbeat", "1")
     proc = spawn(*args, cwd=workdir)
     storage = optuna.storages.RDBStorage(url)
@@ -201,7 +187,7 @@ def test_sigkill_mid_study_is_resumed_to_exactly_the_total(workdir: Path) -> Non
 
 def test_ctrl_c_stops_cleanly_with_the_summary(workdir: Path) -> None:
     url = "sqlite:///c.db"
-    path = write_space(workdir, "slow", SLOW)
+    path = write_space(workdir, "slow", SLOW_SPACE)
     proc = spawn("--space", str(path), "--trials", "50", "--storage", url, cwd=workdir)
 
     def one_finished() -> bool:

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study.runner import SURPLUS
-from tests.conftest import load, wait_until, write_space
+from tests.conftest import SLOW_SPACE, free_port, load, wait_until, write_space
 
 # Short trials: two tiny widths, two epochs.
 QUICK = """
@@ -33,20 +33,6 @@ batch_size = 256
 name = "none"
 [sampler]
 n_startup_trials = 2
-"""
-
-# Trials long enough to be killed in the middle.
-SLOW = """
-[model]
-widths = [64, 128]
-[lr]
-low = 1e-4
-high = 1e-2
-[training]
-epochs = 60
-batch_size = 32
-[pruner]
-name = "none"
 """
 
 
@@ -115,7 +101,7 @@ def test_four_workers_on_sqlite_reach_the_exact_total(workdir: Path) -> None:
 
 def test_sigkill_of_one_worker_the_others_finish_and_retry_its_trial(workdir: Path) -> None:
     url = "sqlite:///k.db"
-    path = write_space(workdir, "slow", SLOW)
+    path = write_space(workdir, "slow", SLOW_SPACE)
     proc = start(
         "--space",
         str(path),
@@ -157,7 +143,7 @@ def test_sigkill_of_one_worker_the_others_finish_and_retry_its_trial(workdir: Pa
 
 def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path) -> None:
     url = "sqlite:///c.db"
-    path = write_space(workdir, "slow", SLOW)
+    path = write_space(workdir, "slow", SLOW_SPACE)
     proc = start(
         "--space", str(path), "--trials", "50", "--workers", "2", "--storage", url, cwd=workdir
     )
@@ -326,14 +312,6 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(workdir
     assert trials[2].params == {"width": 8} and trials[2].system_attrs["failed_trial"] == 1
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_dashboard_reads_a_study_while_workers_write_it(workdir: Path) -> None:
     import json
     import urllib.request
@@ -353,7 +331,7 @@ def test_dashboard_reads_a_study_while_workers_write_it(workdir: Path) -> None:
         cwd=workdir,
     )
     wait_until(lambda: len(trials_of(url, "quick")) >= 3, 120, "the first trials")
-    port = _free_port()
+    port = free_port()
     dash = subprocess.Popen(
         [sys.executable, "-m", "study.dashboard", "--storage", url, "--port", str(port)],
         cwd=workdir,
