@@ -190,7 +190,10 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
     with contextlib.ExitStack() as beats:
         try:
             with sampler.fixed_width(sampler.next_width(study)) as width:
+                share = math.ceil(target / len(objective.space.model.widths))
                 for _ in range(k):
+                    if _held(study, width) >= share:  # other workers filled it meanwhile
+                        break
                     trial = _new_trial(study, target)
                     if trial is None:
                         break
@@ -228,6 +231,12 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
                 _fail_all(study, queued[i + 1 :])
                 raise
     return len(members) + len(queued)
+
+
+def _held(study: optuna.Study, width: int) -> int:
+    """Trials of ``width`` holding a slot (finished, running or queued)."""
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_SLOT_STATES)
+    return sum(t.params.get(WIDTH) == width for t in trials)
 
 
 def _stack_size(
