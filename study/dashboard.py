@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from study._errors import UserError
-from study.storage import DEFAULT_STORAGE, dashboard_url, mask_url, sqlite_path
+from study.storage import DEFAULT_STORAGE, dashboard_url, mask_url, require_existing
 
 __all__ = ["dashboard_command", "main"]
 
@@ -37,12 +37,7 @@ def dashboard_command(storage: str, host: str, port: int, allow_remote: bool) ->
     Raises:
         UserError: the SQLite file does not exist, or a non-loopback host without permission.
     """
-    try:
-        path = sqlite_path(storage)
-    except Exception:
-        raise UserError(f"storage URL {storage!r} does not parse") from None
-    if path is not None and not path.is_file():
-        raise UserError(f"storage {mask_url(storage)}: no such database file {path}")
+    path = require_existing(storage)
     if not _is_loopback(host) and not allow_remote:
         raise UserError(
             f"--host {host} would serve the studies to the network; pass --allow-remote to do it"

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from study._errors import UserError
 from study.analysis import Fit, Point, analyze, headline, points_from_trials
 from study.sampling import LR, WIDTH
-from study.storage import DEFAULT_STORAGE, mask_url, open_storage, sqlite_path
+from study.storage import DEFAULT_STORAGE, mask_url, open_storage, require_existing
 
 __all__ = ["StudyReport", "load_report_study", "main", "write_report"]
 
@@ -71,12 +71,7 @@ def load_report_study(storage_url: str, study_name: str | None) -> optuna.Study:
         UserError: the storage or the study does not exist, or the name is ambiguous.
     """
     shown = mask_url(storage_url)
-    try:
-        path = sqlite_path(storage_url)
-    except Exception:
-        raise UserError(f"storage URL {storage_url!r} does not parse") from None
-    if path is not None and not path.is_file():
-        raise UserError(f"storage {shown}: no such database file {path}")
+    require_existing(storage_url)
     storage = open_storage(storage_url, heartbeat_s=None)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
     if study_name is None:

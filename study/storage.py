@@ -31,6 +31,7 @@ __all__ = [
     "heartbeatless_stale_trial_ids",
     "mask_url",
     "open_storage",
+    "require_existing",
     "sqlite_path",
     "use_wal",
 ]
@@ -55,6 +56,25 @@ def sqlite_path(url: str) -> Path | None:
     if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
         return None
     return Path(u.database)
+
+
+def require_existing(url: str) -> Path | None:
+    """For readers (report, dashboard): the URL parses and a SQLite file already exists.
+
+    Returns:
+        The SQLite file, or None for other backends.
+
+    Raises:
+        UserError: the URL does not parse, or its SQLite file is missing (a reader must not
+            create an empty database).
+    """
+    try:
+        path = sqlite_path(url)
+    except Exception:
+        raise UserError(f"storage URL {url!r} does not parse") from None
+    if path is not None and not path.is_file():
+        raise UserError(f"storage {mask_url(url)}: no such database file {path}")
+    return path
 
 
 def dashboard_url(url: str) -> str:
