@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -162,3 +163,40 @@ def test_width_must_be_suggested_before_lr() -> None:
     trial = study.ask()
     with pytest.raises(RuntimeError, match="suggest 'width' before 'lr'"):
         trial.suggest_float("lr", 1e-4, 1.0, log=True)
+
+
+def _noisy_curves_study(pruner: PerWidthPruner) -> tuple[list[TrialState], int]:
+    """A one-process study whose curves depend on lr; returns the states and the storage reads."""
+    study = optuna.create_study(
+        pruner=pruner, sampler=WidthStratifiedSampler(WIDTHS, RandomSampler(seed=3))
+    )
+    reads = 0
+    get_all_trials = study._storage.get_all_trials
+
+    def counting(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        nonlocal reads
+        reads += 1
+        return get_all_trials(*args, **kwargs)
+
+    study._storage.get_all_trials = counting  # type: ignore[method-assign]
+
+    def objective(trial: optuna.Trial) -> float:
+        w = trial.suggest_categorical("width", WIDTHS)
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        for step in range(1, 11):
+            trial.report(abs(math.log10(lr) + 2) + 1.0 / step + w * 1e-4, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return abs(math.log10(lr) + 2)
+
+    study.optimize(objective, n_trials=45)
+    return [t.state for t in study.trials], reads
+
+
+def test_median_pruner_reads_its_snapshot_once_per_trial_and_decides_as_a_fresh_read() -> None:
+    median = dict(n_startup_trials=2, n_warmup_steps=2)
+    fresh, fresh_reads = _noisy_curves_study(PerWidthPruner(MedianPruner(**median), max_age_s=-1))
+    cached, cached_reads = _noisy_curves_study(PerWidthPruner(MedianPruner(**median)))
+    assert TrialState.PRUNED in fresh and TrialState.COMPLETE in fresh
+    assert cached == fresh  # in one process, trials complete only between trials
+    assert cached_reads < fresh_reads / 2
