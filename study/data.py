@@ -9,7 +9,9 @@ stratified by class and fixed by the space's seed, and standardized with trainin
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +37,16 @@ class Dataset:
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits, read from the file the package ships (importing scikit-learn
+    costs each trial process about a second; the file is the same data ``load_digits`` gives)."""
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1].astype(np.float64), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # another layout: let scikit-learn find it
 
     x, y = load_digits(return_X_y=True)
     return x.astype(np.float64), y.astype(np.int64)
@@ -52,17 +63,28 @@ def _teacher_student(cfg: DatasetConfig, seed: int) -> tuple[np.ndarray, np.ndar
     return x, y.astype(np.int64)
 
 
+def _split_indices(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Train and validation indices, stratified by class where every class has 2 or more."""
+    rng = np.random.default_rng([seed, 104729])
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < 2:  # a class of one cannot sit on both sides
+        order = rng.permutation(len(y))
+        n_val = max(1, round(val_fraction * len(y)))
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    train, val = [], []
+    for c in np.flatnonzero(counts):
+        members = rng.permutation(np.flatnonzero(y == c))
+        n_val = min(len(members) - 1, max(1, round(val_fraction * len(members))))
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
 @functools.lru_cache(maxsize=4)
 def _split(cfg: DatasetConfig, seed: int) -> tuple[np.ndarray, ...]:
-    from sklearn.model_selection import train_test_split
-
     x, y = _digits() if cfg.name == "digits" else _teacher_student(cfg, seed)
-    # Stratify only when every class can appear on both sides of the split.
-    counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    x_tr, x_va, y_tr, y_va = train_test_split(
-        x, y, test_size=cfg.val_fraction, random_state=seed, stratify=stratify
-    )
+    tr, va = _split_indices(y, cfg.val_fraction, seed)
+    x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
     mean = x_tr.mean(axis=0)
     std = x_tr.std(axis=0)
     std[std == 0] = 1.0  # constant pixels (digits' borders) stay zero instead of dividing by 0
