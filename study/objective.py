@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 import torch
@@ -11,6 +12,7 @@ import torch
 from study.data import Dataset, load_dataset
 from study.sampling import LR, WIDTH
 from study.space import Space
+from study.storage import set_user_attrs
 from study.train import EpochResult, TrainResult, train
 
 __all__ = ["Objective", "trial_seed"]
@@ -61,9 +63,12 @@ class Objective:
 
         return on_epoch
 
-    def finish(self, trial: optuna.Trial, r: TrainResult, lr: float) -> float:
-        """Record the run on the trial; its value, or TrialPruned if stopped or diverged."""
-        attrs = {
+    def finish(
+        self, trial: optuna.Trial, r: TrainResult, lr: float, extra: dict[str, Any] | None = None
+    ) -> float:
+        """Record the run (and ``extra`` attrs) on the trial, in one write; its value, or
+        TrialPruned if stopped or diverged."""
+        attrs: dict[str, Any] = {
             "best_val_loss": r.best_val_loss,
             "final_val_loss": r.final_val_loss,
             "val_accuracy": r.val_accuracy,
@@ -75,11 +80,15 @@ class Objective:
             "seconds": round(r.seconds, 4),
             "device": str(self.device),
             "diverged": r.diverged,
+            **(extra or {}),
         }
-        for key, value in attrs.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                value = str(value)  # JSON has no NaN/inf; keep them readable
-            trial.set_user_attr(key, value)
+        set_user_attrs(
+            trial,
+            {  # JSON has no NaN/inf; keep them readable
+                k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in attrs.items()
+            },
+        )
         if r.diverged:
             raise optuna.TrialPruned(f"diverged at epoch {r.epochs_run} (lr={lr:.3g})")
         if r.stopped:

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,14 @@ _WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 _SLOT_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
+# When this process last looked for stale trials: storage -> study id -> monotonic time.
+_last_stale_check: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
+
+
 def _fail_stale(study: optuna.Study) -> None:
     """Fail the trials whose process died and queue each again right away.
+
+    Looks at most once per heartbeat interval (a trial goes stale only after two of them).
 
     Stale means a heartbeat older than the grace period, or none at all for longer (a process
     killed before its first heartbeat; Optuna's own check skips those). Exactly one process
@@ -59,6 +66,11 @@ def _fail_stale(study: optuna.Study) -> None:
     storage = study._storage
     if not is_heartbeat_enabled(storage):
         return
+    now = time.monotonic()
+    checked = _last_stale_check.setdefault(storage, {})
+    if now - checked.get(study._study_id, -math.inf) < storage.get_heartbeat_interval():
+        return
+    checked[study._study_id] = now
     stale = storage._get_stale_trial_ids(study._study_id) + heartbeatless_stale_trial_ids(study)
     callback = storage.get_heartbeat_stale_trial_callback()
     for trial_id in stale:
@@ -99,6 +111,14 @@ class _Deferred:
 def _holds_slot(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
     before = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_SLOT_STATES)
     return sum(t.number < trial.number for t in before) < target
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fail a trial that lost a race for a slot (or its width's share) before it trained."""
+    with _Deferred() as held:
+        study._storage.set_trial_system_attr(trial._trial_id, SURPLUS, True)
+        study.tell(trial, state=TrialState.FAIL)
+    held.deliver()
 
 
 def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
@@ -189,6 +209,7 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
     lrs: list[float] = []
     with contextlib.ExitStack() as beats:
         try:
+            # Read afresh: other workers may have taken the width planned a moment ago.
             with sampler.fixed_width(sampler.next_width(study)) as width:
                 share = math.ceil(target / len(objective.space.model.widths))
                 for _ in range(k):
@@ -201,9 +222,12 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
                     if "fixed_params" in study._storage.get_trial_system_attrs(trial._trial_id):
                         queued.append(trial)
                         continue
+                    lr = objective.suggest(trial)[1]  # TPE on this width's trials
+                    if _held(study, width, before=trial.number) >= share:
+                        _surplus(study, trial)  # another worker's trial took the last share
+                        break
                     members.append(trial)
-                    lrs.append(objective.suggest(trial)[1])  # TPE on this width's trials
-                    trial.set_user_attr("stacked", k)
+                    lrs.append(lr)
             reporters = [objective.reporter(t) for t in members]
             results = (
                 train_stacked(
@@ -220,9 +244,10 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
         except BaseException:
             _fail_all(study, members + queued)
             raise
+        n = len(members)
         with _Deferred() as held:  # every member is told, even if Ctrl-C comes meanwhile
             for t, r, lr in zip(members, results, lrs, strict=True):
-                _tell(study, t, lambda t=t, r=r, lr=lr: objective.finish(t, r, lr))
+                _tell(study, t, lambda t=t, r=r, lr=lr: objective.finish(t, r, lr, {"stacked": n}))
         held.deliver()
         for i, t in enumerate(queued):
             try:
@@ -233,42 +258,45 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
     return len(members) + len(queued)
 
 
-def _held(study: optuna.Study, width: int) -> int:
-    """Trials of ``width`` holding a slot (finished, running or queued)."""
+def _held(study: optuna.Study, width: int, before: int | None = None) -> int:
+    """Trials of ``width`` holding a slot (finished, running or queued), numbered below
+    ``before`` if given."""
     trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_SLOT_STATES)
-    return sum(t.params.get(WIDTH) == width for t in trials)
+    return sum(
+        t.params.get(WIDTH) == width and (before is None or t.number < before) for t in trials
+    )
 
 
-def _stack_size(
+def _stack_plan(
     study: optuna.Study,
     objective: Objective,
+    trials: list[optuna.trial.FrozenTrial],
     target: int,
     stack: int,
     stack_max_width: int,
     counts: Counts,
-) -> int:
-    """How many trials of the next width to train at once (1: a single trial).
+) -> tuple[int, int]:
+    """The next width and how many of its trials to train at once (1: a single trial), from
+    the study's ``trials`` as just read.
 
     Never more than the free slots, nor than that width still needs for its equal share.
     """
     sampler = study.sampler
+    if not isinstance(sampler, WidthStratifiedSampler):
+        return 0, 1
+    width = sampler.next_width_of(trials)
     if (
         stack <= 1
         or counts.waiting  # a retry keeps its own width: it runs alone first
         or not can_stack(objective.space)
-        or not isinstance(sampler, WidthStratifiedSampler)
+        or width > stack_max_width
     ):
-        return 1
-    width = sampler.next_width(study)
-    if width > stack_max_width:
-        return 1
+        return width, 1
     widths = objective.space.model.widths
-    held = sum(
-        t.params.get(WIDTH) == width for t in study.get_trials(deepcopy=False, states=_SLOT_STATES)
-    )
+    held = sum(t.params.get(WIDTH) == width and t.state in _SLOT_STATES for t in trials)
     share = math.ceil(target / len(widths)) - held
     free = target - counts.finished - counts.running - counts.waiting
-    return max(1, min(stack, free, share))
+    return width, max(1, min(stack, free, share))
 
 
 def run_trials(
@@ -288,7 +316,8 @@ def run_trials(
     of widths up to ``stack_max_width`` are trained ``stack`` at a time (where stacking wins).
     """
     while not stop():
-        counts = count_trials(study.get_trials(deepcopy=False))
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)  # one read
+        counts = count_trials(trials)
         if progress is not None:
             progress.update(counts)
         if counts.finished >= target:
@@ -297,10 +326,10 @@ def run_trials(
             _fail_stale(study)
             time.sleep(POLL_S)
             continue
-        k = _stack_size(study, objective, target, stack, stack_max_width, counts)
+        width, k = _stack_plan(study, objective, trials, target, stack, stack_max_width, counts)
         if k > 1:
             run_stacked_trials(study, objective, target, k)
-        else:
+        else:  # its width is picked when it asks (fresh: other workers ask meanwhile)
             run_one_trial(study, objective, target)
 
 

@@ -123,10 +123,14 @@ class WidthStratifiedSampler(BaseSampler):
 
     def next_width(self, study: optuna.Study) -> int:
         """The width with the fewest trials holding a share (first in the list on a tie)."""
+        return self.next_width_of(study._get_trials(deepcopy=False, use_cache=False))
+
+    def next_width_of(self, trials: Sequence[FrozenTrial]) -> int:
+        """:meth:`next_width` given the study's trials."""
         counts = dict.fromkeys(self._widths, 0)
-        for t in study._get_trials(deepcopy=False, states=_HOLDING, use_cache=False):
+        for t in trials:
             w = t.params.get(WIDTH)
-            if w in counts:
+            if w in counts and t.state in _HOLDING:
                 counts[w] += 1
         return min(self._widths, key=lambda w: counts[w])
 

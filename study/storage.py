@@ -32,6 +32,7 @@ __all__ = [
     "mask_url",
     "open_storage",
     "require_existing",
+    "set_user_attrs",
     "sqlite_path",
     "use_wal",
 ]
@@ -299,6 +300,26 @@ def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
     finally:
         session.close()
         rdb.scoped_session.remove()
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set several user attributes of a running trial in one transaction (one commit, where
+    ``trial.set_user_attr`` makes one per attribute: about 1 ms each on SQLite)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    storage = trial.storage
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, RDBStorage):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        for key, value in attrs.items():
+            rdb._set_trial_attr_without_commit(
+                session, models.TrialUserAttributeModel, trial._trial_id, key, value
+            )
+    trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
 def _wait_for_space(storage: RDBStorage, study_name: str, timeout_s: float = 15.0) -> Any:
