@@ -136,7 +136,10 @@ def _study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
             int(t.user_attrs.get("epochs_run", len(t.intermediate_values))) for t in trials
         ),
         "train_seconds": sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials),
+        "eval_seconds": sum(float(t.user_attrs.get("eval_seconds", 0.0)) for t in trials),
+        "report_seconds": sum(float(t.user_attrs.get("report_seconds", 0.0)) for t in trials),
         "lr_star": {str(e.width): e.lr_star for e in fit.widths},
+        "lr_interval": {str(e.width): [e.lr_low, e.lr_high] for e in fit.widths},
         "alpha": fit.alpha,
     }
 
@@ -196,17 +199,42 @@ def compare_studies(folder: Path, space_name: str, trials: int, workers: int) ->
         facts = _study_facts(f"sqlite:///{folder / f'{name}.db'}", study_name, str(space_path))
         n_proc = workers if name == "tool" else 1
         facts["wall_s"] = wall
-        # The naive script records no training time: its share is not measured.
-        facts["outside_training_share"] = (
-            None if name == "naive" else max(0.0, 1 - facts["train_seconds"] / (wall * n_proc))
-        )
+        # Shares of the CPU time (wall x processes): training steps; the per-epoch evaluation;
+        # reporting and pruning inside a trial (storage); and everything between trials
+        # (sampler, storage, process start). Outside training = all but the steps. The naive
+        # script records no times: its shares are not measured.
+        if name == "naive":
+            facts["outside_training_share"] = None
+        else:
+            cpu = wall * n_proc
+            steps = facts["train_seconds"] - facts["eval_seconds"] - facts["report_seconds"]
+            facts["shares"] = {
+                "steps": steps / cpu,
+                "evaluation": facts["eval_seconds"] / cpu,
+                "in_trial_storage": facts["report_seconds"] / cpu,
+                "between_trials": max(0.0, 1 - facts["train_seconds"] / cpu),
+            }
+            facts["outside_training_share"] = max(0.0, 1 - steps / cpu)
         out[name] = facts
     ref = out["reference"]["lr_star"]
+    ref_interval = out["reference"]["lr_interval"]
     for name in ("tool", "naive"):
         out[name]["lr_star_moves_log2"] = {
             w: (abs(math.log2(v / ref[w])) if v and ref.get(w) else None)
             for w, v in out[name]["lr_star"].items()
         }
+        # How many widths' lr* fall inside the reference's own bootstrap interval: a move the
+        # reference cannot tell from its own noise.
+        out[name]["lr_star_inside_reference_interval"] = sum(
+            1
+            for w, v in out[name]["lr_star"].items()
+            if v
+            and None not in ref_interval.get(w, [None])
+            and ref_interval[w][0] <= v <= ref_interval[w][1]
+        )
+    out["reference"]["lr_interval_width_log2"] = {
+        w: math.log2(hi / lo) if lo and hi else None for w, (lo, hi) in ref_interval.items()
+    }
     out["speedup_vs_naive"] = out["naive"]["wall_s"] / out["tool"]["wall_s"]
     out["speedup_vs_reference"] = out["reference"]["wall_s"] / out["tool"]["wall_s"]
     return out
@@ -233,9 +261,11 @@ def _table(res: dict[str, Any]) -> str:
         f"{lat['default']['median_ms']:.2f} ms, p99 {lat['default']['p99_ms']:.2f} ms",
     ]
     st = res["studies"]
+    n_widths = len(st["reference"]["lr_star"])
     lines += [
         "",
-        "run        wall s  trials  epochs  outside training  alpha   max |lr* move| log2",
+        "run        wall s  trials  epochs  outside training  alpha   max |lr* move| log2  "
+        "inside ref. interval",
     ]
     for name in ("tool", "reference", "naive"):
         s = st[name]
@@ -243,9 +273,27 @@ def _table(res: dict[str, Any]) -> str:
         alpha = f"{s['alpha']:.2f}" if s["alpha"] is not None else "-"
         share = s["outside_training_share"]
         share_s = f"{share:.1%}" if share is not None else "n/a"
+        inside = s.get("lr_star_inside_reference_interval")
+        inside_s = f"{inside}/{n_widths}" if inside is not None else "-"
         lines.append(
             f"{name:<9}  {s['wall_s']:6.1f}  {s['trials']:6d}  {s['epochs']:6d}  "
-            f"{share_s:>15}  {alpha:>5}   {max(moves) if moves else 0:.2f}"
+            f"{share_s:>15}  {alpha:>5}   {max(moves) if moves else 0:18.2f}  {inside_s:>20}"
+        )
+    lines += [
+        "",
+        "CPU time (wall x processes)  steps  evaluation  in-trial storage  between trials",
+    ]
+    for name in ("tool", "reference"):
+        sh = st[name].get("shares")
+        if sh:
+            lines.append(
+                f"{name:<27}  {sh['steps']:5.1%}  {sh['evaluation']:10.1%}  "
+                f"{sh['in_trial_storage']:16.1%}  {sh['between_trials']:14.1%}"
+            )
+    widths_log2 = [v for v in st["reference"].get("lr_interval_width_log2", {}).values() if v]
+    if widths_log2:
+        lines.append(
+            f"reference lr* interval widths: {min(widths_log2):.2f}..{max(widths_log2):.2f} log2"
         )
     lines += [
         "",

@@ -78,6 +78,8 @@ class Objective:
             "n_params": r.n_params,
             "epochs_run": r.epochs_run,
             "seconds": round(r.seconds, 4),
+            "eval_seconds": round(r.eval_seconds, 4),
+            "report_seconds": round(r.callback_seconds, 4),
             "device": str(self.device),
             "diverged": r.diverged,
             **(extra or {}),

@@ -222,11 +222,12 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
                     if "fixed_params" in study._storage.get_trial_system_attrs(trial._trial_id):
                         queued.append(trial)
                         continue
+                    members.append(trial)  # from here on, failed if interrupted
                     lr = objective.suggest(trial)[1]  # TPE on this width's trials
                     if _held(study, width, before=trial.number) >= share:
                         _surplus(study, trial)  # another worker's trial took the last share
+                        members.pop()
                         break
-                    members.append(trial)
                     lrs.append(lr)
             reporters = [objective.reporter(t) for t in members]
             results = (

@@ -162,6 +162,7 @@ def train_stacked(
     n = data.x_train.shape[0]
     x_val = data.x_val.unsqueeze(0)
     factor = 1.0
+    eval_seconds = callback_seconds = 0.0
     for epoch in range(1, cfg.epochs + 1):
         if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs), stepped per epoch
             factor = (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2
@@ -180,6 +181,7 @@ def train_stacked(
             stack.step()
             loss_sum += losses.detach()
             n_batches += 1
+        t_eval = time.perf_counter()
         with torch.no_grad():
             logits = stack.forward(x_val.expand(len(live), -1, -1))
             val_loss = nn.functional.cross_entropy(
@@ -187,6 +189,8 @@ def train_stacked(
             ).mean(dim=1)
             val_acc = (logits.argmax(dim=2) == data.y_val).float().mean(dim=1)
         rows = torch.stack([loss_sum / n_batches, val_loss, val_acc]).tolist()  # one sync
+        t_callback = time.perf_counter()
+        eval_seconds += t_callback - t_eval
         keep = []
         for row, member in enumerate(live):
             train_loss, v_loss, v_acc = rows[0][row], rows[1][row], rows[2][row]
@@ -208,12 +212,17 @@ def train_stacked(
                 r.stopped = True
             else:
                 keep.append(row)
+        callback_seconds += time.perf_counter() - t_callback
         if len(keep) < len(live):
             if not keep:
                 break
             stack.keep(torch.tensor(keep, device=device))
             live = [live[row] for row in keep]
-    seconds = (time.perf_counter() - start) / k  # each member's share of the wall time
-    for r in results:
-        r.seconds = seconds
+    seconds = (time.perf_counter() - start) / k
+    for r in results:  # each member's share of the stack's time
+        r.seconds, r.eval_seconds, r.callback_seconds = (
+            seconds,
+            eval_seconds / k,
+            callback_seconds / k,
+        )
     return results

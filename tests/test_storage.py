@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from study.run import main
-from study.storage import mask_url
+from study.storage import mask_url, open_storage, set_user_attrs
 from tests.conftest import db_digest
 
 
@@ -95,3 +95,18 @@ def test_read_only_database(workdir: Path, capsys: pytest.CaptureFixture[str]) -
 def test_password_is_masked() -> None:
     masked = mask_url("postgresql+psycopg://alice:s3cret@db.example/optuna")
     assert "s3cret" not in masked and "alice" in masked
+
+
+@pytest.mark.parametrize("url", ["sqlite:///attrs.db", None])
+def test_user_attrs_are_written_at_once_overwritten_and_refused_once_finished(
+    workdir: Path, url: str | None
+) -> None:
+    storage = open_storage(url, heartbeat_s=None) if url else optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    set_user_attrs(trial, {"a": 1, "b": "inf", "c": True, "d": 0.5})
+    set_user_attrs(trial, {"a": 2})
+    study.tell(trial, 1.0)
+    assert study.trials[0].user_attrs == {"a": 2, "b": "inf", "c": True, "d": 0.5}
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs(trial, {"e": 1})
