@@ -226,6 +226,9 @@ def open_storage(url: str, heartbeat_s: int | None = 10) -> RDBStorage:
             time.sleep(0.2 * (attempt + 1))
         except sqlalchemy.exc.SQLAlchemyError as e:
             first = str(e.orig if getattr(e, "orig", None) else e).strip().splitlines()[0]
+            if "already exists" in first and attempt < 4:  # the same race on SQLite
+                time.sleep(0.2 * (attempt + 1))
+                continue
             raise UserError(f"storage {shown}: cannot open: {first}") from None
         except RuntimeError as e:  # Optuna's schema-compatibility error
             raise UserError(f"storage {shown}: {str(e).splitlines()[0]}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -110,3 +111,27 @@ def test_user_attrs_are_written_at_once_overwritten_and_refused_once_finished(
     assert study.trials[0].user_attrs == {"a": 2, "b": "inf", "c": True, "d": 0.5}
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         set_user_attrs(trial, {"e": 1})
+
+
+def _open_at_once(url: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        optuna.create_study(study_name="s", storage=open_storage(url), load_if_exists=True)
+    except BaseException as e:  # reported to the parent, which asserts none
+        errors.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_creating_a_fresh_sqlite_file_at_once_all_open_it(workdir: Path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        url = f"sqlite:///fresh{round_}.db"
+        barrier, errors = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(url, barrier, errors)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0] * 4
+        assert errors.empty(), errors.get()
