@@ -25,7 +25,7 @@ import torch
 from study._console import Progress, count_trials, summary_table
 from study._errors import UserError
 from study.objective import Objective
-from study.runner import WorkerConfig, run_trials, run_workers
+from study.runner import WorkerConfig, quiet_sqlalchemy_log, run_trials, run_workers
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
 from study.space import Space, load_space
 from study.storage import (
@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Optuna logs every trial (and a traceback for an interrupted one); the progress line and
     # the summary say what matters. Bugs still raise with their traceback.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    quiet_sqlalchemy_log()
     try:
         if args.trials < 1:
             raise UserError(f"--trials must be a positive integer, got {args.trials}")
@@ -270,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 for i in range(args.workers)
             ]
-            status = run_workers(configs, study, progress, say)
+            # This process is worker 0 (its study carries worker 0's sampler seed).
+            status = run_workers(configs, study, progress, say, Objective(space, device))
     except KeyboardInterrupt:
         status = 130
     if status == 130:

@@ -38,7 +38,7 @@ from study.stacked import can_stack, train_stacked
 from study.storage import claim_stale_trial, heartbeatless_stale_trial_ids
 from study.train import train
 
-__all__ = ["WorkerConfig", "run_trials", "run_workers"]
+__all__ = ["WorkerConfig", "quiet_sqlalchemy_log", "run_trials", "run_workers"]
 
 # How often a process that waits on other processes' trials looks at the storage again.
 POLL_S = 1.0
@@ -350,6 +350,20 @@ class WorkerConfig:
     stack_max_width: int = 128
 
 
+def quiet_sqlalchemy_log() -> None:
+    """No traceback on the terminal from SQLAlchemy's log when Ctrl-C lands in a query.
+
+    SQLAlchemy logs "Error closing cursor" with a traceback as it cleans up after the
+    KeyboardInterrupt; with no handler, Python prints it. The interrupt itself is handled (the
+    trial is failed, the run says how to resume); errors still raise as exceptions.
+    """
+    import logging
+
+    logger = logging.getLogger("sqlalchemy")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+
+
 def _die_with_parent() -> None:
     """Linux: the kernel kills this worker when its parent dies (a SIGKILL of the run)."""
     try:
@@ -374,6 +388,7 @@ def _worker_main(cfg: WorkerConfig, parent_pid: int) -> None:
     from study.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    quiet_sqlalchemy_log()
     space = load_space(cfg.space)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
@@ -404,33 +419,60 @@ def run_workers(
     study: optuna.Study,
     progress: Progress,
     say: Callable[..., Any],
+    objective: Objective | None = None,
 ) -> int:
-    """Start one process per config, show progress from the storage, wait for all of them.
+    """Run the study in one process per config, wait for all of them.
+
+    With ``objective``, this process is the first worker (``study`` must carry that worker's
+    sampler): it trains instead of waiting, and a process start (torch's imports, about 2.5 s)
+    is saved. Otherwise it only shows progress.
 
     Returns:
         0 when every worker ended cleanly, 130 after Ctrl-C (every worker is stopped), 1 when a
         worker failed (a worker killed by a signal is reported; the others go on).
     """
     ctx = multiprocessing.get_context("spawn")
+    spawned = configs[1:] if objective is not None else configs
     procs = [
         ctx.Process(target=_worker_main, args=(c, os.getpid()), name=f"worker-{c.worker}")
-        for c in configs
+        for c in spawned
     ]
     for p in procs:
         p.start()
-    say(f"workers:   {len(procs)} processes (pids {', '.join(str(p.pid) for p in procs)})")
+    pids = ", ".join(str(p.pid) for p in procs)
+    here = f" and this one ({os.getpid()})" if objective is not None else ""
+    say(f"workers:   {len(configs)} processes (pids {pids}){here}")
     reported: set[int] = set()
     status = 0
+
+    def check() -> bool:
+        nonlocal status
+        for i, p in enumerate(procs):
+            if not p.is_alive() and i not in reported and p.exitcode not in (0, None):
+                reported.add(i)
+                how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"status {p.exitcode}"
+                who = f"worker {spawned[i].worker} (pid {p.pid})"
+                say(f"\n{who} ended with {how}; the others go on")
+                status = 1
+        return False
+
     try:
+        if objective is not None:
+            cfg = configs[0]
+            run_trials(
+                study,
+                objective,
+                cfg.target,
+                progress,
+                stop=check,
+                stack=cfg.stack,
+                stack_max_width=cfg.stack_max_width,
+            )
         while any(p.is_alive() for p in procs):
             progress.update(count_trials(study.get_trials(deepcopy=False)))
-            for i, p in enumerate(procs):
-                if not p.is_alive() and i not in reported and p.exitcode not in (0, None):
-                    reported.add(i)
-                    how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"status {p.exitcode}"
-                    say(f"\nworker {i} (pid {p.pid}) ended with {how}; the others go on")
-                    status = 1
+            check()
             time.sleep(POLL_S)
+        check()
     except KeyboardInterrupt:
         # Ctrl-C in a terminal reaches every worker too: give them time to fail their trial
         # and exit, then interrupt (and at last terminate) any that did not get it.
@@ -445,6 +487,11 @@ def run_workers(
                     p.terminate()
                     p.join()
         return 130
+    except BaseException:
+        for p in procs:  # this process failed: the workers must not outlive it
+            p.terminate()
+            p.join()
+        raise
     for p in procs:
         p.join()
     return status
