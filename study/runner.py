@@ -114,11 +114,12 @@ def _holds_slot(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Fail a trial that lost a race for a slot (or its width's share) before it trained."""
-    with _Deferred() as held:
-        study._storage.set_trial_system_attr(trial._trial_id, SURPLUS, True)
-        study.tell(trial, state=TrialState.FAIL)
-    held.deliver()
+    """Fail a trial that lost a race for a slot (or its width's share) before it trained.
+
+    The caller fails it again (skipped once finished) if an interrupt lands in between.
+    """
+    study._storage.set_trial_system_attr(trial._trial_id, SURPLUS, True)
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
@@ -134,8 +135,7 @@ def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
         study._storage.set_trial_system_attr(trial._trial_id, WORKER, _WORKER_ID)
         surplus = not _holds_slot(study, trial, target)
         if surplus:
-            study._storage.set_trial_system_attr(trial._trial_id, SURPLUS, True)
-            study.tell(trial, state=TrialState.FAIL)
+            _surplus(study, trial)
     if held.hit and not surplus:  # Ctrl-C came while the trial was being created
         with _Deferred():
             study.tell(trial, state=TrialState.FAIL)
@@ -268,7 +268,7 @@ def _held(study: optuna.Study, width: int, before: int | None = None) -> int:
     )
 
 
-def _stack_plan(
+def _stack_size(
     study: optuna.Study,
     objective: Objective,
     trials: list[optuna.trial.FrozenTrial],
@@ -276,28 +276,28 @@ def _stack_plan(
     stack: int,
     stack_max_width: int,
     counts: Counts,
-) -> tuple[int, int]:
-    """The next width and how many of its trials to train at once (1: a single trial), from
-    the study's ``trials`` as just read.
+) -> int:
+    """How many trials of the next width to train at once (1: a single trial), from the
+    study's ``trials`` as just read.
 
     Never more than the free slots, nor than that width still needs for its equal share.
     """
     sampler = study.sampler
-    if not isinstance(sampler, WidthStratifiedSampler):
-        return 0, 1
-    width = sampler.next_width_of(trials)
     if (
         stack <= 1
         or counts.waiting  # a retry keeps its own width: it runs alone first
         or not can_stack(objective.space)
-        or width > stack_max_width
+        or not isinstance(sampler, WidthStratifiedSampler)
     ):
-        return width, 1
+        return 1
+    width = sampler.next_width_of(trials)
+    if width > stack_max_width:
+        return 1
     widths = objective.space.model.widths
     held = sum(t.params.get(WIDTH) == width and t.state in _SLOT_STATES for t in trials)
     share = math.ceil(target / len(widths)) - held
     free = target - counts.finished - counts.running - counts.waiting
-    return width, max(1, min(stack, free, share))
+    return max(1, min(stack, free, share))
 
 
 def run_trials(
@@ -327,10 +327,10 @@ def run_trials(
             _fail_stale(study)
             time.sleep(POLL_S)
             continue
-        width, k = _stack_plan(study, objective, trials, target, stack, stack_max_width, counts)
-        if k > 1:
+        k = _stack_size(study, objective, trials, target, stack, stack_max_width, counts)
+        if k > 1:  # the stack picks its width afresh: other workers ask meanwhile
             run_stacked_trials(study, objective, target, k)
-        else:  # its width is picked when it asks (fresh: other workers ask meanwhile)
+        else:
             run_one_trial(study, objective, target)
 
 

