@@ -1,0 +1,123 @@
+"""The training loop's optimizer: the tool's fused step against torch.optim's own."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from study.data import load_dataset
+from study.model import build_model, param_groups
+from study.space import load_space
+from study.train import FusedOptimizer, make_optimizer, train
+from tests.conftest import REPO, write_space
+
+
+def _space(tmp: Path, optimizer: str, parametrization: str, extra: str = "", momentum: float = 0.9):  # type: ignore[no-untyped-def]
+    text = (
+        f"[model]\nwidths = [16, 64]\nparametrization = '{parametrization}'\n"
+        f"[lr]\nlow = 1e-4\nhigh = 1.0\n[optimizer]\nname = '{optimizer}'\n"
+        f"weight_decay = 1e-2\nmomentum = {momentum}\n"
+        f"[training]\nepochs = 4\nbatch_size = 128\n{extra}"
+    )
+    return load_space(str(write_space(tmp, f"t_{optimizer}_{parametrization}", text)))
+
+
+def _torch_optim(name: str, groups: list[dict], momentum: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(groups, fused=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, fused=True)
+    return torch.optim.SGD(groups, momentum=momentum, fused=True)
+
+
+@pytest.mark.parametrize(
+    "optimizer,parametrization,momentum",
+    [
+        ("adam", "sp", 0.9),
+        ("adam", "mup", 0.9),
+        ("adamw", "sp", 0.9),
+        ("adamw", "mup", 0.9),
+        ("sgd", "sp", 0.9),
+        ("sgd", "mup", 0.9),
+        ("sgd", "sp", 0.0),
+    ],
+)
+def test_fused_step_equals_torch_optim_fused_bit_for_bit(
+    tmp_path: Path, optimizer: str, parametrization: str, momentum: float
+) -> None:
+    space = _space(tmp_path, optimizer, parametrization, momentum=momentum)
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(64, 64, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    models, opts = [], []
+    for kind in ("torch", "ours"):
+        torch.manual_seed(1)
+        model = build_model(space.model, 64, 64, 10)
+        groups = param_groups(model, optimizer, 3e-2, space.optimizer.weight_decay)
+        opts.append(
+            _torch_optim(optimizer, groups, momentum)
+            if kind == "torch"
+            else FusedOptimizer(groups, optimizer, momentum)
+        )
+        models.append(model)
+    assert (len(opts[1].param_groups) > 1) == (parametrization == "mup")  # per-layer lrs
+    for step in range(8):
+        for model, opt in zip(models, opts, strict=True):
+            if step == 4:  # a schedule changes lr between steps
+                for g in opt.param_groups:
+                    g["lr"] *= 0.5
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert not torch.equal(models[1].out.weight, build_model(space.model, 64, 64, 10).out.weight)
+
+
+def test_training_uses_the_fused_step_on_cpu_and_torch_optim_for_plateau(tmp_path: Path) -> None:
+    model = build_model(_space(tmp_path, "adam", "sp").model, 16, 64, 10)
+    assert isinstance(make_optimizer(_space(tmp_path, "adam", "sp"), model, 1e-3), FusedOptimizer)
+    plateau = _space(tmp_path, "adam", "sp", "schedule = 'plateau'\n")
+    assert isinstance(make_optimizer(plateau, model, 1e-3), torch.optim.Adam)
+
+
+def test_cosine_schedule_gives_torch_cosine_annealing_lrs(tmp_path: Path) -> None:
+    space = _space(tmp_path, "adam", "mup", "schedule = 'cosine'\n")
+    data = load_dataset(space.dataset, space.seed)
+    lrs: list[float] = []
+    train(space, data, 64, 1e-2, seed=0, on_epoch=lambda ep: lrs.append(ep.lr) is not None)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(nn.Linear(2, 2).parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=space.training.epochs)
+    expected = []
+    for _ in range(space.training.epochs):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert len(lrs) == space.training.epochs
+    for got, want in zip(lrs, expected, strict=True):
+        assert math.isclose(got, want, rel_tol=1e-12)
+    assert lrs[-1] < lrs[0] / 2
+
+
+def test_a_trial_does_not_import_torch_dynamo() -> None:
+    """torch.optim's constructor imports torch._dynamo (about a second per process)."""
+    code = (
+        "import sys\n"
+        "from study.data import load_dataset\n"
+        "from study.space import load_space\n"
+        "from study.train import train\n"
+        "space = load_space('smoke')\n"
+        "r = train(space, load_dataset(space.dataset, 0), 16, 1e-3, seed=0)\n"
+        "assert r.epochs_run == space.training.epochs\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
