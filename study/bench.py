@@ -5,8 +5,9 @@ Measures, in one run on this machine, and writes ``bench.json`` and a table:
 * the fp32 matmul peak (torch, 1 thread as trials use, and all threads);
 * training FLOP/s per width (~ 6 x weights x samples / seconds) and its fraction of that peak;
 * ``trial.report`` latency (median, 99th percentile) on the tool's SQLite and on a default one;
-* the default study run by the tool (``--workers 2``, stacking on), the same space with no
-  pruning, no stacking and one trial at a time (the reference answer), and the naive baseline
+* the default study run by the tool (its defaults: one worker per core, stacking on), the same
+  space with no pruning, no stacking and one trial at a time (the reference answer), and the
+  naive baseline
   (``scripts/baseline_naive.py``: DataLoader, default threads, default SQLite, study-wide
   MedianPruner, plain TPE): wall times,
   the ratio, epochs used, the share of wall time outside training, and how far each width's lr*
@@ -35,6 +36,7 @@ from optuna.trial import TrialState
 from study.analysis import analyze, points_from_trials
 from study.data import load_dataset
 from study.model import build_model, count_parameters
+from study.run import default_workers
 from study.space import load_space, resolve_space_path
 from study.storage import open_storage, use_wal
 from study.train import train
@@ -144,7 +146,9 @@ def _study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
     }
 
 
-def compare_studies(folder: Path, space_name: str, trials: int, workers: int) -> dict[str, Any]:
+def compare_studies(
+    folder: Path, space_name: str, trials: int, workers: int | None
+) -> dict[str, Any]:
     """The tool (fast settings), the reference (no pruning, one process), the naive baseline."""
     space_path = resolve_space_path(space_name)
     no_prune = folder / f"{space_name}_nopruning.toml"
@@ -161,8 +165,7 @@ def compare_studies(folder: Path, space_name: str, trials: int, workers: int) ->
             str(trials),
             "--storage",
             "sqlite:///tool.db",
-            "--workers",
-            str(workers),
+            *(["--workers", str(workers)] if workers else []),  # else the tool's default
             "--no-report",
             "--quiet",
         ],
@@ -176,6 +179,10 @@ def compare_studies(folder: Path, space_name: str, trials: int, workers: int) ->
             str(trials),
             "--storage",
             "sqlite:///reference.db",
+            "--workers",
+            "1",
+            "--stack",
+            "1",
             "--no-report",
             "--quiet",
         ],
@@ -190,14 +197,16 @@ def compare_studies(folder: Path, space_name: str, trials: int, workers: int) ->
             "sqlite:///naive.db",
         ],
     }
-    out: dict[str, Any] = {}
+    # The tool's processes: its --workers, or the default it picks for a fresh study on CPU.
+    tool_procs = workers or default_workers(torch.device("cpu"), 1, trials)
+    out: dict[str, Any] = {"tool_processes": tool_procs}
     for name, cmd in runs.items():
         for suffix in ("", "-wal", "-shm"):
             (folder / f"{name}.db{suffix}").unlink(missing_ok=True)
         wall = _timed(cmd, folder)
         study_name = no_prune.stem if name == "reference" else load_space(str(space_path)).name
         facts = _study_facts(f"sqlite:///{folder / f'{name}.db'}", study_name, str(space_path))
-        n_proc = workers if name == "tool" else 1
+        n_proc = tool_procs if name == "tool" else 1
         facts["wall_s"] = wall
         # Shares of the CPU time (wall x processes): training steps; the per-epoch evaluation;
         # reporting and pruning inside a trial (storage); and everything between trials
@@ -279,6 +288,8 @@ def _table(res: dict[str, Any]) -> str:
             f"{name:<9}  {s['wall_s']:6.1f}  {s['trials']:6d}  {s['epochs']:6d}  "
             f"{share_s:>15}  {alpha:>5}   {max(moves) if moves else 0:18.2f}  {inside_s:>20}"
         )
+    if "tool_processes" in st:
+        lines.append(f"(tool: {st['tool_processes']} processes, one torch thread each)")
     lines += [
         "",
         "CPU time (wall x processes)  steps  evaluation  in-trial storage  between trials",
@@ -308,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--table", metavar="BENCH_JSON", help="only print the table of a bench.json")
     p.add_argument("--space", default="mlp_digits")
     p.add_argument("--trials", type=int, default=200)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--workers", type=int, default=None, help="the tool's --workers (default: its default)"
+    )
     p.add_argument("--out", default="bench", help="folder for bench.json and the studies")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.table:

@@ -94,6 +94,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# The most trial processes the default starts: the most one SQLite file was tested with (4
+# workers, no "database is locked"). More can be asked for with --workers (PostgreSQL for many).
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers(device: torch.device, threads: int, remaining: int) -> int:
+    """How many trial processes a run starts when ``--workers`` is not given.
+
+    On CPU, one per ``threads`` cores this process may use (at most ``MAX_DEFAULT_WORKERS``,
+    never more than the ``remaining`` trials); on a GPU one, whose stacked trials fill it.
+    """
+    if device.type != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores // threads, MAX_DEFAULT_WORKERS, remaining))
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -152,8 +172,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="trial processes on this machine, all on the same storage (default 1)",
+        default=None,
+        help="trial processes on this machine, all on the same storage (default: one per core "
+        f"on CPU, at most {MAX_DEFAULT_WORKERS}; one on a GPU). --workers 1 replays a seeded "
+        "study exactly",
     )
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads per process on CPU (1 is fastest)"
@@ -197,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.trials < 1:
             raise UserError(f"--trials must be a positive integer, got {args.trials}")
-        if args.workers < 1:
+        if args.workers is not None and args.workers < 1:
             raise UserError(f"--workers must be a positive integer, got {args.workers}")
         if args.stack < 1:
             raise UserError(f"--stack must be a positive integer, got {args.stack}")
@@ -224,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
+    workers = args.workers
+    if workers is None:
+        left = args.trials - count_trials(study.get_trials(deepcopy=False)).finished
+        workers = default_workers(device, args.threads, left)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     shown = mask_url(args.storage)
     resume = ["python", "-m", "study.run", "--space", args.space, "--trials", str(args.trials)]
@@ -231,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume += ["--storage", shown]
     if args.study_name:
         resume += ["--study-name", args.study_name]
-    if args.workers > 1:
+    if args.workers is not None:
         resume += ["--workers", str(args.workers)]
     say(f"storage:   {shown}")
     say(f"study:     {study_name} ({'new' if created else 'resumed'}, target {args.trials} trials)")
@@ -246,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress(args.trials, quiet=args.quiet)
     status = 0
     try:
-        if args.workers == 1:
+        if workers == 1:
+            say("workers:   1 process")
             run_trials(
                 study,
                 Objective(space, device),
@@ -269,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stack=args.stack,
                     stack_max_width=args.stack_max_width,
                 )
-                for i in range(args.workers)
+                for i in range(workers)
             ]
             # This process is worker 0 (its study carries worker 0's sampler seed).
             status = run_workers(configs, study, progress, say, Objective(space, device))

@@ -47,10 +47,11 @@ def write_space(folder: Path, name: str, text: str) -> Path:
 
 
 def spawn(*args: str, cwd: Path) -> subprocess.Popen:
-    """Start ``python -m study.run ARGS`` as its own process (for kill and Ctrl-C tests)."""
+    """Start ``python -m study.run ARGS`` as its own process (for kill and Ctrl-C tests), one
+    worker unless ARGS say otherwise."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "study.run", *args],
+        [sys.executable, "-m", "study.run", "--workers", "1", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

@@ -42,6 +42,8 @@ def smoke_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         name,
                         "--quiet",
                         "--no-report",
+                        "--workers",
+                        "1",
                         *seed_args,
                     ]
                 )
@@ -179,6 +181,7 @@ def test_one_width_gives_a_report_that_says_what_is_missing(workdir: Path) -> No
     assert (
         run_main(
             ["--space", str(space), "--trials", "4", "--storage", URL, "--quiet", "--no-report"]
+            + ["--workers", "1"]
         )
         == 0
     )

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
-from study.run import main
+from study.run import MAX_DEFAULT_WORKERS, default_workers, main
 from tests.conftest import SLOW_SPACE, db_digest, load, spawn, wait_until, write_space
 
 
 def _run(*args: str) -> int:
-    return main([*args, "--quiet", "--no-report"])
+    """One process unless the test asks for more: a seeded study then replays exactly."""
+    return main(["--workers", "1", *args, "--quiet", "--no-report"])
 
 
 def _states(url: str, name: str) -> dict[TrialState, int]:
@@ -88,6 +91,39 @@ def test_a_fresh_study_with_the_same_seed_is_reproducible(workdir: Path) -> None
         )
     a, b = (load("sqlite:///s.db", n).trials for n in ("a", "b"))
     assert [t.params for t in a] == [t.params for t in b]
+
+
+def test_default_workers_are_one_per_core_capped_and_one_on_a_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert default_workers(cpu, threads=1, remaining=200) == MAX_DEFAULT_WORKERS == 4
+    assert default_workers(cpu, threads=4, remaining=200) == 2
+    assert default_workers(cpu, threads=1, remaining=3) == 3  # no process without a trial
+    assert default_workers(cpu, threads=1, remaining=0) == 1
+    assert default_workers(cuda, threads=1, remaining=200) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_workers(cpu, threads=1, remaining=200) == 2
+    assert default_workers(cpu, threads=8, remaining=200) == 1
+
+
+def test_a_run_without_workers_uses_the_cores_and_its_resume_line_adds_none(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    args = ["--space", "smoke", "--trials", "6", "--storage", "sqlite:///s.db", "--no-report"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "workers:   2 processes" in out, out
+    resume = next(line for line in out.splitlines() if line.startswith("resume:"))
+    assert "--workers" not in resume
+    assert len(load("sqlite:///s.db", "smoke").trials) == 6
+    assert main([*args, "--workers", "1", "--trials", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "workers:   1 process\n" in out, out
+    resume = next(line for line in out.splitlines() if line.startswith("resume:"))
+    assert resume.endswith("--workers 1"), resume
 
 
 def test_a_changed_space_is_refused_naming_the_fields_and_the_db_is_unchanged(

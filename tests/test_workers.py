@@ -195,6 +195,8 @@ def test_three_workers_on_postgresql_as_on_three_machines(workdir: Path) -> None
             url,
             "--study-name",
             name,
+            "--workers",
+            "1",
             "--quiet",
             cwd=workdir,
         )
