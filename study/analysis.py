@@ -11,7 +11,8 @@ log2 lr* on log2 width, sign flipped).
 How the other trials enter:
 * pruned trials stopped early, so their best loss is only an upper bound of what they would have
   reached: they are left out of the fit, counted, drawn, and used to tell whether the optimum is
-  bracketed (a pruned trial was worse than its width's median, so it counts as a worse point);
+  bracketed (a pruned trial was worse than its width's median, or worse percentile, at the same
+  epoch, so it counts as a worse point);
 * diverged trials have no usable loss: left out of the fit, counted, drawn as red crosses, and
   count as worse points for bracketing.
 An optimum with no finished trial beyond it on one side, or within one log2 unit of the range's

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -146,13 +147,28 @@ def _study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
     }
 
 
+def _without_pruning(toml: str) -> str:
+    """The space's TOML with its [pruner] section's name set to "none" (other keys kept)."""
+    out, section = [], ""
+    for line in toml.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        elif section == "[pruner]" and re.match(r"name\s*=", stripped):
+            line = 'name = "none"\n'
+        out.append(line)
+    return "".join(out)
+
+
 def compare_studies(
     folder: Path, space_name: str, trials: int, workers: int | None
 ) -> dict[str, Any]:
     """The tool (fast settings), the reference (no pruning, one process), the naive baseline."""
     space_path = resolve_space_path(space_name)
     no_prune = folder / f"{space_name}_nopruning.toml"
-    no_prune.write_text(space_path.read_text().replace('name = "median"', 'name = "none"'))
+    no_prune.write_text(_without_pruning(space_path.read_text()))
+    if load_space(str(no_prune)).pruner.name != "none":
+        raise SystemExit(f"error: could not turn the pruner of {space_path} off")
     py = sys.executable
     runs = {
         "tool": [

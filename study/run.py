@@ -62,6 +62,10 @@ def build_pruner(space: Space) -> optuna.pruners.BasePruner:
         pruner = optuna.pruners.MedianPruner(
             n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
         )
+    elif p.name == "percentile":
+        pruner = optuna.pruners.PercentilePruner(
+            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
     elif p.name == "successive_halving":
         pruner = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=p.min_resource, reduction_factor=p.reduction_factor
@@ -209,7 +213,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line, callable from tests and notebooks. Returns the exit status."""
+    """The command line, callable from tests and notebooks. Returns the exit status.
+
+    The storage's connections are closed on return: left to the garbage collector, their close
+    (and with it SQLite's checkpoint of the WAL into the file) would come at a random later time.
+    """
+    opened: list[optuna.storages.RDBStorage] = []
+    try:
+        return _main(argv, opened)
+    finally:
+        for storage in opened:
+            storage.engine.dispose()
+
+
+def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     # Optuna logs every trial (and a traceback for an interrupted one); the progress line and
@@ -231,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(args.device)
         study_name = args.study_name or space.name
         storage = open_storage(args.storage, heartbeat_s=args.heartbeat)
+        opened.append(storage)
         n_existing = _count_existing(storage, study_name)
         study, created = create_or_load_study(
             storage,

@@ -170,14 +170,18 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    name: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    name: Literal["none", "median", "percentile", "successive_halving", "hyperband"] = "median"
     # Compare a trial only with trials of its own width. A study-wide pruner prunes narrow
     # nets for being narrow (FIELD-NOTES section 3: width-32 optimum found in 10% of orderings).
     per_width: bool = True
-    # median: trials (of the width) that must complete before pruning, and epochs before the
-    # first pruning decision of each trial.
+    # median and percentile: trials (of the width) that must complete before pruning, and
+    # epochs before the first pruning decision of each trial.
     n_startup_trials: int = 5
     n_warmup_steps: int = 5
+    # percentile: a trial is pruned when its best loss so far is worse than this percentile of
+    # its width's completed trials at the same epoch (50 is the median pruner; 75 prunes only
+    # the worst quarter and moves lr* less: scripts/pruner_replay.py).
+    percentile: float = 50.0
     # successive_halving and hyperband: first rung (epochs) and the reduction factor.
     min_resource: int = 1
     reduction_factor: int = 3
@@ -187,6 +191,7 @@ class PrunerConfig:
         _require(self.n_warmup_steps >= 0, "n_warmup_steps", "must be non-negative")
         _require(self.min_resource >= 1, "min_resource", "must be a positive integer")
         _require(self.reduction_factor >= 2, "reduction_factor", "must be at least 2")
+        _require(0 < self.percentile < 100, "percentile", "must be in (0, 100)")
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,12 @@ class Space:
 
     def to_dict(self) -> dict[str, Any]:
         """The full space with defaults filled in: what a study stores and compares."""
-        return _jsonable(dataclasses.asdict(self))
+        d = _jsonable(dataclasses.asdict(self))
+        # Added after studies were stored: left out at its default, so that their spaces (and
+        # fingerprints) still compare equal and they resume.
+        if d["pruner"]["percentile"] == 50.0:
+            del d["pruner"]["percentile"]
+        return d
 
     def fingerprint(self) -> str:
         """SHA-256 (first 16 hex digits) of the space, without its name and description."""

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -11,7 +13,10 @@ from optuna.pruners import MedianPruner, SuccessiveHalvingPruner
 from optuna.samplers import RandomSampler
 from optuna.trial import TrialState, create_trial
 
+from study.run import build_pruner
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
+from study.space import load_space
+from tests.conftest import write_space
 
 WIDTHS = [8, 64, 512]
 DISTS = {"width": CategoricalDistribution(WIDTHS), "lr": FloatDistribution(1e-4, 1.0, log=True)}
@@ -124,6 +129,30 @@ def test_median_pruning_compares_only_within_a_width() -> None:
     assert not _candidate_is_pruned(_pruning_study(PerWidthPruner(MedianPruner(**median))), 0.9)
     # ...and within the width it still prunes what is worse than its own width's median.
     assert _candidate_is_pruned(_pruning_study(PerWidthPruner(MedianPruner(**median))), 1.5)
+
+
+def test_percentile_pruner_prunes_only_the_worst_part_of_a_width(tmp_path: Path) -> None:
+    text = (
+        "[model]\nwidths = [8, 64, 512]\n[lr]\nlow = 1e-4\nhigh = 1.0\n"
+        "[pruner]\nname = 'percentile'\npercentile = 75\nn_startup_trials = 1\n"
+        "n_warmup_steps = 0\n"
+    )
+    space = load_space(str(write_space(tmp_path, "p75", text)))
+
+    def study(pruner: optuna.pruners.BasePruner) -> optuna.Study:
+        s = optuna.create_study(pruner=pruner)
+        for v in (1.0, 2.0, 3.0, 4.0):  # width 8: median 2.5, 75th percentile 3.25
+            _add(s, 8, v)
+        for _ in range(4):
+            _add(s, 64, 0.1)
+        return s
+
+    pruner = build_pruner(space)
+    assert isinstance(pruner, PerWidthPruner)
+    assert not _candidate_is_pruned(study(pruner), 3.0)
+    assert _candidate_is_pruned(study(build_pruner(space)), 3.5)
+    median = dataclasses.replace(space, pruner=dataclasses.replace(space.pruner, name="median"))
+    assert _candidate_is_pruned(study(build_pruner(median)), 3.0)
 
 
 def test_successive_halving_compares_only_within_a_width() -> None:

@@ -70,7 +70,22 @@ BAD = {
     "bad_choice": (VALID + "[optimizer]\nname = 'lion'\n", "optimizer.name: must be one of 'adam'"),
     "bool_for_int": (VALID + "[training]\nepochs = true\n", "training.epochs: must be an integer"),
     "not_toml": ("[model\nwidths = [", "not valid TOML"),
+    "bad_percentile": (
+        VALID + "[pruner]\nname = 'percentile'\npercentile = 100\n",
+        "pruner.percentile: must be in (0, 100)",
+    ),
 }
+
+
+def test_spaces_without_the_percentile_field_keep_their_stored_form(workdir: Path) -> None:
+    """Studies stored before pruner.percentile existed must still compare equal and resume."""
+    plain = load_space(str(write_space(workdir, "plain", VALID)))
+    assert "percentile" not in plain.to_dict()["pruner"]
+    p75 = load_space(
+        str(write_space(workdir, "p75", VALID + "[pruner]\nname = 'percentile'\npercentile = 75\n"))
+    )
+    assert p75.to_dict()["pruner"]["percentile"] == 75
+    assert load_space("mlp_digits").pruner.percentile == 75
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -1,0 +1,147 @@
+"""Replay a study trained without pruning through pruner settings: what each one saves, and how
+far it moves each width's lr*.
+
+    python scripts/pruner_replay.py --storage sqlite:///bench/reference.db \
+        --study-name mlp_digits_nopruning --space mlp_digits
+
+The recorded validation curves (every trial ran all its epochs) are fed, in random orders, to the
+tool's own per-width percentile pruner (50: the median pruner), as a live study reports them; a
+trial the pruner stops keeps only the epochs it ran. lr* per width is then estimated as the report
+does, and compared with the estimate from the full curves. No training: a setting is judged on the
+same trials in seconds. What a replay cannot show is the sampler's reaction to pruning (TPE places
+later lrs by the earlier results): check a setting chosen here live, ``python -m study.bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from study.analysis import analyze, points_from_trials
+from study.run import build_pruner
+from study.sampling import LR, WIDTH
+from study.space import PrunerConfig, Space, load_space
+
+
+def _curves(study: optuna.Study) -> list[tuple[int, float, list[float], bool]]:
+    """(width, lr, validation loss per epoch, diverged) of every finished trial."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if WIDTH not in t.params:
+            continue
+        curve = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        diverged = bool(t.user_attrs.get("diverged"))
+        if t.state == TrialState.PRUNED and not diverged:
+            raise SystemExit(
+                f"error: trial {t.number} was pruned: replay needs a study run with pruner 'none'"
+            )
+        out.append((int(t.params[WIDTH]), float(t.params[LR]), curve, diverged))
+    return out
+
+
+def replay(
+    space: Space,
+    pruner: PrunerConfig,
+    curves: list[tuple[int, float, list[float], bool]],
+    order: Sequence[int],
+) -> tuple[optuna.Study, int]:
+    """Feed ``curves`` in ``order`` to the space's pruner set to ``pruner``; (study, epochs)."""
+    run_space = dataclasses.replace(space, pruner=pruner)
+    study = optuna.create_study(
+        sampler=optuna.samplers.RandomSampler(seed=0), pruner=build_pruner(run_space)
+    )
+    widths = list(space.model.widths)
+    epochs = 0
+    for i in order:
+        width, lr, curve, diverged = curves[i]
+        study.enqueue_trial({WIDTH: width, LR: lr})
+        trial = study.ask()
+        trial.suggest_categorical(WIDTH, widths)
+        trial.suggest_float(LR, space.lr.low, space.lr.high, log=True)
+        stopped = False
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+            epochs += 1
+            if epoch < len(curve) and trial.should_prune():
+                stopped = True
+                break
+        finite = [v for v in curve[:epoch] if math.isfinite(v)]
+        best = min(finite) if finite else math.inf
+        trial.set_user_attr("best_val_loss", best if math.isfinite(best) else "inf")
+        trial.set_user_attr("diverged", diverged)
+        if stopped or diverged:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, best)
+    return study, epochs
+
+
+def _lr_star(space: Space, trials: list[optuna.trial.FrozenTrial]) -> dict[int, float | None]:
+    fit = analyze(
+        points_from_trials(trials),
+        list(space.model.widths),
+        (space.lr.low, space.lr.high),
+        n_bootstrap=1,
+    )
+    return {e.width: e.lr_star for e in fit.widths}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python scripts/pruner_replay.py", description=__doc__)
+    p.add_argument("--storage", required=True, help="a study run with pruner 'none'")
+    p.add_argument("--study-name", required=True)
+    p.add_argument("--space", default="mlp_digits", help="the space whose pruner is replayed")
+    p.add_argument("--orderings", type=int, default=20)
+    p.add_argument("--percentiles", default="50,75", help="pruner percentiles to try (50: median)")
+    p.add_argument("--warmups", default="3,5,10", help="n_warmup_steps to try")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = load_space(args.space)
+    source = optuna.load_study(study_name=args.study_name, storage=args.storage)
+    curves = _curves(source)
+    full_epochs = sum(len(c[2]) for c in curves)
+    reference = _lr_star(space, source.get_trials(deepcopy=False))
+    widths = list(space.model.widths)
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(len(curves)) for _ in range(args.orderings)]
+    print(f"{len(curves)} trials, {full_epochs} epochs unpruned; {args.orderings} orderings")
+    print(
+        "lr* move (log2, pruned - unpruned estimate) per width: median over the orderings "
+        "(+: pruning moves lr* up) / largest |move|"
+    )
+    print(f"{'setting':<26} {'epochs':>7}  " + "  ".join(f"{w:>10}" for w in widths))
+    settings = [
+        (float(q), int(w)) for q in args.percentiles.split(",") for w in args.warmups.split(",")
+    ]
+    for percentile, warmup in settings:
+        cfg = dataclasses.replace(
+            space.pruner, name="percentile", percentile=percentile, n_warmup_steps=warmup
+        )
+        moves: dict[int, list[float]] = {w: [] for w in widths}
+        used = []
+        for order in orders:
+            study, epochs = replay(space, cfg, curves, order)
+            used.append(epochs)
+            for w, v in _lr_star(space, study.get_trials(deepcopy=False)).items():
+                ref = reference.get(w)
+                if v and ref:
+                    moves[w].append(math.log2(v / ref))
+        share = float(np.mean(used)) / full_epochs
+        cells = [
+            f"{np.median(moves[w]):+5.2f}/{max(np.abs(moves[w])):4.2f}" if moves[w] else "-"
+            for w in widths
+        ]
+        name = f"percentile {percentile:g}, warmup {warmup}"
+        print(f"{name:<26} {share:7.0%}  " + "  ".join(f"{c:>10}" for c in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

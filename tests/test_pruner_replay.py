@@ -1,0 +1,88 @@
+"""scripts/pruner_replay.py: recorded curves through pruner settings, on a real study."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from study.run import main
+from study.sampling import LR, WIDTH
+from tests.conftest import REPO, write_space
+
+SPACE = """
+[model]
+widths = [8, 32]
+[lr]
+low = 1e-4
+high = 1.0
+[training]
+epochs = 6
+batch_size = 256
+[pruner]
+name = "none"
+[sampler]
+name = "random"
+"""
+
+
+def _replay(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "pruner_replay.py"),
+            "--storage",
+            "sqlite:///r.db",
+            "--study-name",
+            "r",
+            "--space",
+            str(workdir / "r.toml"),
+            "--orderings",
+            "3",
+            *args,
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_replay_without_pruning_keeps_every_epoch_and_lr_star(workdir: Path) -> None:
+    write_space(workdir, "r", SPACE)
+    run = ["--space", "r.toml", "--trials", "16", "--storage", "sqlite:///r.db", "--workers", "1"]
+    assert main([*run, "--study-name", "r", "--quiet", "--no-report"]) == 0
+    out = _replay(workdir, "--percentiles", "50", "--warmups", "6,1")
+    assert out.returncode == 0, out.stderr
+    rows = {
+        line.split()[3].rstrip(","): line.split()[4:]
+        for line in out.stdout.splitlines()
+        if line.startswith("percentile 50, warmup")
+    }
+    # warmup 6 of 6 epochs: the pruner never decides, so nothing moves (the fit sees the same
+    # points in another order: float noise only)
+    assert rows["6"][0] == "100%", out.stdout
+    assert [abs(float(c.split("/")[1])) for c in rows["6"][1:]] == [0.0, 0.0], out.stdout
+    # warmup 1: the median pruner stops some trials early
+    assert int(rows["1"][0].rstrip("%")) < 100, out.stdout
+
+
+def test_replay_refuses_a_study_that_was_pruned(workdir: Path) -> None:
+    write_space(workdir, "r", SPACE)
+    study = optuna.create_study(storage="sqlite:///r.db", study_name="r")
+    dists = {WIDTH: CategoricalDistribution([8, 32]), LR: FloatDistribution(1e-4, 1.0, log=True)}
+    study.add_trial(
+        create_trial(
+            params={WIDTH: 8, LR: 0.01},
+            distributions=dists,
+            state=TrialState.PRUNED,
+            intermediate_values={1: 0.5},
+            user_attrs={"diverged": False},
+        )
+    )
+    out = _replay(workdir)
+    assert out.returncode != 0
+    assert out.stderr.startswith("error: ") and "pruner 'none'" in out.stderr, out.stderr
