@@ -11,7 +11,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from study.run import MAX_DEFAULT_WORKERS, default_workers, main
+from study.run import MAX_DEFAULT_WORKERS, default_stack_max_width, default_workers, main
 from tests.conftest import SLOW_SPACE, db_digest, load, spawn, wait_until, write_space
 
 
@@ -106,6 +106,12 @@ def test_default_workers_are_one_per_core_capped_and_one_on_a_gpu(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert default_workers(cpu, threads=1, remaining=200) == 2
     assert default_workers(cpu, threads=8, remaining=200) == 1
+
+
+def test_stacking_covers_every_width_on_a_gpu_and_small_ones_on_cpu() -> None:
+    widths = [32, 64, 128, 256, 512, 1024]
+    assert default_stack_max_width(torch.device("cpu"), widths) == 128
+    assert default_stack_max_width(torch.device("cuda"), widths) == 1024
 
 
 def test_a_run_without_workers_uses_the_cores_and_its_resume_line_adds_none(
