@@ -307,7 +307,7 @@ def run_trials(
     progress: Progress | None = None,
     stop: Callable[[], bool] = lambda: False,
     stack: int = 1,
-    stack_max_width: int = 128,
+    stack_max_width: int = 256,
 ) -> None:
     """Run trials until the study holds ``target`` finished (COMPLETE + PRUNED) trials.
 
@@ -347,7 +347,7 @@ class WorkerConfig:
     heartbeat_s: int
     worker: int  # 0..N-1: makes each worker's sampler seed differ
     stack: int = 1
-    stack_max_width: int = 128
+    stack_max_width: int = 256
 
 
 def quiet_sqlalchemy_log() -> None:

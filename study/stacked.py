@@ -22,7 +22,7 @@ from torch import nn
 from study.data import Dataset
 from study.model import Model, _lr_mult, build_model, count_parameters
 from study.space import Space
-from study.train import EpochResult, TrainResult, _evaluate
+from study.train import FUSED_DEVICES, EpochResult, TrainResult, _evaluate
 
 __all__ = ["can_stack", "train_stacked"]
 
@@ -61,6 +61,12 @@ class _Stack:
         self.base_lr = [t.clone() for t in self.lr]
         self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
         self.step_count = 0
+        # Adam/AdamW: the fused kernel computes each member's update into a zeroed buffer at
+        # lr 1 (one pass), and the per-member lr is applied in a second; the unfused update
+        # took 7 passes with temporaries: 58% of a batch at width 256.
+        self._fused = opt.name != "sgd" and self.params[0].device.type in FUSED_DEVICES
+        self._update = [torch.zeros_like(p) for p in self.params] if self._fused else []
+        self._steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self._update]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: [K, batch, features] -> logits [K, batch, classes]."""
@@ -78,6 +84,9 @@ class _Stack:
     def step(self) -> None:
         """One step of the space's optimizer, per member (torch.optim's update rules)."""
         self.step_count += 1
+        if self._fused:
+            self._fused_adam_step()
+            return
         t = self.step_count
         for p, lr, wd, (m, v) in zip(self.params, self.lr, self.wd, self.state, strict=True):
             g = p.grad
@@ -101,6 +110,37 @@ class _Stack:
             denom = (v.sqrt() / math.sqrt(1 - _BETAS[1] ** t)).add_(_EPS)
             p.sub_(m / denom * (lr / (1 - _BETAS[0] ** t)))
 
+    def _fused_adam_step(self) -> None:
+        grads = []
+        for p, lr, wd in zip(self.params, self.lr, self.wd, strict=True):
+            g = p.grad
+            if self.opt.name == "adamw":
+                p.mul_(1 - lr * wd)
+            elif wd:
+                g = g.add(p, alpha=wd)
+            grads.append(g)
+        torch._foreach_zero_(self._update)
+        torch._foreach_add_(self._steps, 1)
+        torch._fused_adam_(
+            self._update,
+            grads,
+            [m for m, _ in self.state],
+            [v for _, v in self.state],
+            [],
+            self._steps,
+            amsgrad=False,
+            lr=1.0,
+            beta1=_BETAS[0],
+            beta2=_BETAS[1],
+            weight_decay=0.0,
+            eps=_EPS,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
+        for p, u, lr in zip(self.params, self._update, self.lr, strict=True):
+            p.addcmul_(u, lr)  # u holds minus the update at lr 1
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
@@ -111,6 +151,7 @@ class _Stack:
         self.lr = [x[rows] for x in self.lr]
         self.base_lr = [x[rows] for x in self.base_lr]
         self.state = [(m[rows], v[rows]) for m, v in self.state]
+        self._update = [u[rows] for u in self._update]
 
     def set_lr_factor(self, factor: float) -> None:
         self.lr = [b * factor for b in self.base_lr]

@@ -110,7 +110,7 @@ def test_default_workers_are_one_per_core_capped_and_one_on_a_gpu(
 
 def test_stacking_covers_every_width_on_a_gpu_and_small_ones_on_cpu() -> None:
     widths = [32, 64, 128, 256, 512, 1024]
-    assert default_stack_max_width(torch.device("cpu"), widths) == 128
+    assert default_stack_max_width(torch.device("cpu"), widths) == 256
     assert default_stack_max_width(torch.device("cuda"), widths) == 1024
 
 
