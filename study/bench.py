@@ -148,15 +148,23 @@ def _study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
 
 
 def _without_pruning(toml: str) -> str:
-    """The space's TOML with its [pruner] section's name set to "none" (other keys kept)."""
-    out, section = [], ""
+    """The space's TOML with its pruner set to "none" (other keys kept; a [pruner] section is
+    added where the space has none, since the default prunes)."""
+    out, section, done = [], "", False
     for line in toml.splitlines(keepends=True):
         stripped = line.strip()
         if stripped.startswith("["):
-            section = stripped
-        elif section == "[pruner]" and re.match(r"name\s*=", stripped):
-            line = 'name = "none"\n'
+            section = stripped.split("#")[0].strip()
+            out.append(line if line.endswith("\n") else line + "\n")
+            if section == "[pruner]":
+                out.append('name = "none"\n')
+                done = True
+            continue
+        if section == "[pruner]" and re.match(r"name\s*=", stripped):
+            continue  # replaced by the line written under the header
         out.append(line)
+    if not done:
+        out.append('\n[pruner]\nname = "none"\n')
     return "".join(out)
 
 
