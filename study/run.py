@@ -25,7 +25,13 @@ import torch
 from study._console import Progress, count_trials, summary_table
 from study._errors import UserError
 from study.objective import Objective
-from study.runner import WorkerConfig, quiet_sqlalchemy_log, run_trials, run_workers
+from study.runner import (
+    CPU_STACK_MAX_WIDTH,
+    WorkerConfig,
+    quiet_sqlalchemy_log,
+    run_trials,
+    run_workers,
+)
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
 from study.space import Space, load_space
 from study.storage import (
@@ -96,12 +102,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
-
-
-# Stacking 8 trials wins up to this width on one CPU thread: per member, 4.6x faster than alone
-# at width 32, 2.1x at 128, 1.2x at 256, 0.86x at 512 (train vs train_stacked, 4 epochs of
-# mlp_digits, best of 3). On a GPU every width is stacked.
-CPU_STACK_MAX_WIDTH = 256
 
 
 def default_stack_max_width(device: torch.device, widths: Sequence[int]) -> int:
@@ -205,7 +205,8 @@ def _parser() -> argparse.ArgumentParser:
         "--stack-max-width",
         type=int,
         default=None,
-        help="stack only widths up to this (default: 256 on CPU, where stacking wins on one "
+        help=f"stack only widths up to this (default: {CPU_STACK_MAX_WIDTH} on CPU, where "
+        "stacking wins on one "
         "thread; every width on a GPU, which stacked trials fill)",
     )
     p.add_argument(

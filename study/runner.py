@@ -38,7 +38,18 @@ from study.stacked import can_stack, train_stacked
 from study.storage import claim_stale_trial, heartbeatless_stale_trial_ids
 from study.train import train
 
-__all__ = ["WorkerConfig", "quiet_sqlalchemy_log", "run_trials", "run_workers"]
+__all__ = [
+    "CPU_STACK_MAX_WIDTH",
+    "WorkerConfig",
+    "quiet_sqlalchemy_log",
+    "run_trials",
+    "run_workers",
+]
+
+# Stacking 8 trials wins up to this width on one CPU thread: per member, 4.6x faster than alone
+# at width 32, 2.1x at 128, 1.2x at 256, 0.86x at 512 (train vs train_stacked, 4 epochs of
+# mlp_digits, best of 3). On a GPU every width is stacked.
+CPU_STACK_MAX_WIDTH = 256
 
 # How often a process that waits on other processes' trials looks at the storage again.
 POLL_S = 1.0
@@ -307,7 +318,7 @@ def run_trials(
     progress: Progress | None = None,
     stop: Callable[[], bool] = lambda: False,
     stack: int = 1,
-    stack_max_width: int = 256,
+    stack_max_width: int = CPU_STACK_MAX_WIDTH,
 ) -> None:
     """Run trials until the study holds ``target`` finished (COMPLETE + PRUNED) trials.
 
@@ -347,7 +358,7 @@ class WorkerConfig:
     heartbeat_s: int
     worker: int  # 0..N-1: makes each worker's sampler seed differ
     stack: int = 1
-    stack_max_width: int = 256
+    stack_max_width: int = CPU_STACK_MAX_WIDTH
 
 
 def quiet_sqlalchemy_log() -> None:

@@ -22,11 +22,17 @@ from torch import nn
 from study.data import Dataset
 from study.model import Model, _lr_mult, build_model, count_parameters
 from study.space import Space
-from study.train import FUSED_DEVICES, EpochResult, TrainResult, _evaluate
+from study.train import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    FUSED_DEVICES,
+    EpochResult,
+    TrainResult,
+    _evaluate,
+    fused_adam,
+)
 
 __all__ = ["can_stack", "train_stacked"]
-
-_BETAS, _EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 
 
 def can_stack(space: Space) -> bool:
@@ -105,10 +111,10 @@ class _Stack:
                 p.mul_(1 - lr * wd)
             elif wd:
                 g = g.add(p, alpha=wd)
-            m.lerp_(g, 1 - _BETAS[0])
-            v.mul_(_BETAS[1]).addcmul_(g, g, value=1 - _BETAS[1])
-            denom = (v.sqrt() / math.sqrt(1 - _BETAS[1] ** t)).add_(_EPS)
-            p.sub_(m / denom * (lr / (1 - _BETAS[0] ** t)))
+            m.lerp_(g, 1 - ADAM_BETAS[0])
+            v.mul_(ADAM_BETAS[1]).addcmul_(g, g, value=1 - ADAM_BETAS[1])
+            denom = (v.sqrt() / math.sqrt(1 - ADAM_BETAS[1] ** t)).add_(ADAM_EPS)
+            p.sub_(m / denom * (lr / (1 - ADAM_BETAS[0] ** t)))
 
     def _fused_adam_step(self) -> None:
         grads = []
@@ -120,26 +126,16 @@ class _Stack:
                 g = g.add(p, alpha=wd)
             grads.append(g)
         torch._foreach_zero_(self._update)
-        torch._foreach_add_(self._steps, 1)
-        torch._fused_adam_(
+        fused_adam(  # at lr 1 into the zeroed buffers: each holds minus its update
             self._update,
             grads,
             [m for m, _ in self.state],
             [v for _, v in self.state],
-            [],
             self._steps,
-            amsgrad=False,
             lr=1.0,
-            beta1=_BETAS[0],
-            beta2=_BETAS[1],
-            weight_decay=0.0,
-            eps=_EPS,
-            maximize=False,
-            grad_scale=None,
-            found_inf=None,
         )
         for p, u, lr in zip(self.params, self._update, self.lr, strict=True):
-            p.addcmul_(u, lr)  # u holds minus the update at lr 1
+            p.addcmul_(u, lr)  # the member's own lr
 
     def zero_grad(self) -> None:
         for p in self.params:

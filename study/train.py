@@ -19,7 +19,7 @@ from study.data import Dataset
 from study.model import Model, build_model, count_parameters, param_groups
 from study.space import Space
 
-__all__ = ["EpochResult", "FusedOptimizer", "TrainResult", "make_optimizer", "train"]
+__all__ = ["EpochResult", "FusedOptimizer", "TrainResult", "fused_adam", "make_optimizer", "train"]
 
 # Devices where torch.optim has fused Adam/AdamW/SGD kernels.
 FUSED_DEVICES = ("cpu", "cuda")
@@ -116,25 +116,52 @@ class FusedOptimizer:
                 )
                 continue
             exp_avgs, exp_avg_sqs, steps = state
-            torch._foreach_add_(steps, 1)
-            kernel = torch._fused_adamw_ if self.name == "adamw" else torch._fused_adam_
-            kernel(
+            fused_adam(
                 params,
                 grads,
                 exp_avgs,
                 exp_avg_sqs,
-                [],
                 steps,
-                amsgrad=False,
                 lr=g["lr"],
-                beta1=0.9,  # torch.optim's defaults
-                beta2=0.999,
                 weight_decay=g["weight_decay"],
-                eps=1e-8,
-                maximize=False,
-                grad_scale=None,
-                found_inf=None,
+                decoupled=self.name == "adamw",
             )
+
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+
+
+def fused_adam(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    lr: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> None:
+    """One Adam (``decoupled``: AdamW) step in place, as ``torch.optim`` does with ``fused=True``:
+    the step counts are float32 scalars on the device, incremented here."""
+    torch._foreach_add_(steps, 1)
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        amsgrad=False,
+        lr=lr,
+        beta1=ADAM_BETAS[0],
+        beta2=ADAM_BETAS[1],
+        weight_decay=weight_decay,
+        eps=ADAM_EPS,
+        maximize=False,
+        grad_scale=None,
+        found_inf=None,
+    )
 
 
 def make_optimizer(space: Space, model: Model, lr: float) -> torch.optim.Optimizer | FusedOptimizer:
