@@ -10,9 +10,9 @@ import optuna
 import torch
 
 from study.data import Dataset, load_dataset
-from study.sampling import LR, WIDTH
+from study.sampling import LR, WIDTH, PerWidthPruner
 from study.space import Space
-from study.storage import set_user_attrs
+from study.storage import report_values, set_user_attrs
 from study.train import EpochResult, TrainResult, train
 
 __all__ = ["Objective", "trial_seed"]
@@ -60,6 +60,25 @@ class Objective:
         def on_epoch(ep: EpochResult) -> bool:
             trial.report(ep.val_loss, ep.epoch)
             return not ep.diverged and trial.should_prune()
+
+        return on_epoch
+
+    @staticmethod
+    def stack_reporter(
+        trials: list[optuna.Trial],
+    ) -> Callable[[list[int], list[EpochResult]], list[bool]]:
+        """For a stack of ``trials``: reports the epoch's validation loss of every member
+        still training in one storage write, then asks the pruner about each (see
+        :func:`study.train_stacked`)."""
+        if trials:
+            pruner = trials[0].study.pruner
+            if isinstance(pruner, PerWidthPruner):  # one read of the finished trials serves
+                pruner.started_together([t._trial_id for t in trials])  # every member's first
+
+        def on_epoch(members: list[int], eps: list[EpochResult]) -> list[bool]:
+            live = [trials[m] for m in members]
+            report_values(live, [ep.val_loss for ep in eps], eps[0].epoch)
+            return [not ep.diverged and t.should_prune() for t, ep in zip(live, eps, strict=True)]
 
         return on_epoch
 

@@ -240,7 +240,6 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
                         members.pop()
                         break
                     lrs.append(lr)
-            reporters = [objective.reporter(t) for t in members]
             results = (
                 train_stacked(
                     objective.space,
@@ -248,7 +247,7 @@ def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k
                     width,
                     lrs,
                     [trial_seed(objective.space, t.number) for t in members],
-                    lambda member, ep: reporters[member](ep),
+                    objective.stack_reporter(members),
                 )
                 if members
                 else []

@@ -199,6 +199,13 @@ class PerWidthPruner(BasePruner):
         self._snapshot: dict[Any, list[FrozenTrial]] = {}
         self._snapshot_key: tuple[int, float] = (-1, -math.inf)  # (study id, monotonic time)
         self._seen: set[int] = set()
+        self._together: set[int] = set()
+
+    def started_together(self, trial_ids: list[int]) -> None:
+        """These trials start training at once (a stack): the read made for the first of them
+        to ask serves the first question of all (no trial of this process finishes in between).
+        """
+        self._together = set(trial_ids)
 
     def _completed(self, study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
         """The study's COMPLETE trials of ``trial``'s width, from the snapshot."""
@@ -212,6 +219,9 @@ class PerWidthPruner(BasePruner):
             if study_id != study._study_id:
                 self._seen.clear()
             self._seen.add(trial._trial_id)
+            if trial._trial_id in self._together:
+                self._seen |= self._together
+                self._together = set()
             self._snapshot = {}
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 self._snapshot.setdefault(t.params.get(WIDTH), []).append(t)

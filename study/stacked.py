@@ -159,14 +159,16 @@ def train_stacked(
     width: int,
     lrs: Sequence[float],
     seeds: Sequence[int],
-    on_epoch: Callable[[int, EpochResult], bool] | None = None,
+    on_epoch: Callable[[list[int], list[EpochResult]], list[bool]] | None = None,
 ) -> list[TrainResult]:
     """Train ``len(lrs)`` models of one width at once; member i is the run ``train(..., lrs[i],
     seeds[i])`` would do.
 
     Args:
-        on_epoch: called per member and epoch with (member index, result); True stops that
-            member (pruned). Called for the epoch a member diverged too, which then stops it.
+        on_epoch: called once per epoch with the members still training (their indices) and
+            each one's result, in that order; returns one flag per member, True to stop it
+            (pruned). The epoch a member diverged is passed too; that member stops anyway.
+            One call per epoch lets the caller report all members in one storage write.
 
     Returns:
         One :class:`~study.train.TrainResult` per member, in the order of ``lrs``.
@@ -228,7 +230,7 @@ def train_stacked(
         rows = torch.stack([loss_sum / n_batches, val_loss, val_acc]).tolist()  # one sync
         t_callback = time.perf_counter()
         eval_seconds += t_callback - t_eval
-        keep = []
+        eps = []
         for row, member in enumerate(live):
             train_loss, v_loss, v_acc = rows[0][row], rows[1][row], rows[2][row]
             r = results[member]
@@ -241,12 +243,18 @@ def train_stacked(
             r.curve.append(v_loss)
             if not diverged and v_loss < r.best_val_loss:
                 r.best_val_loss, r.best_epoch, r.val_accuracy = v_loss, epoch, v_acc
-            ep = EpochResult(epoch, train_loss, v_loss, v_acc, lrs[member] * factor, diverged)
-            stop = on_epoch(member, ep) if on_epoch is not None else False
-            if diverged:
-                r.diverged = True
+            eps.append(
+                EpochResult(epoch, train_loss, v_loss, v_acc, lrs[member] * factor, diverged)
+            )
+        stops = on_epoch(list(live), eps) if on_epoch is not None else [False] * len(live)
+        if len(stops) != len(live):
+            raise ValueError(f"on_epoch returned {len(stops)} flags for {len(live)} members")
+        keep = []
+        for row, (member, ep, stop) in enumerate(zip(live, eps, stops, strict=True)):
+            if ep.diverged:
+                results[member].diverged = True
             elif stop:
-                r.stopped = True
+                results[member].stopped = True
             else:
                 keep.append(row)
         callback_seconds += time.perf_counter() - t_callback

@@ -31,6 +31,7 @@ __all__ = [
     "heartbeatless_stale_trial_ids",
     "mask_url",
     "open_storage",
+    "report_values",
     "require_existing",
     "set_user_attrs",
     "sqlite_path",
@@ -305,6 +306,50 @@ def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
         rdb.scoped_session.remove()
 
 
+def _upsert_dialect(storage: Any) -> Any:
+    """The SQLAlchemy dialect module whose INSERT has ON CONFLICT (SQLite >= 3.24, PostgreSQL)
+    for the RDB storage behind ``storage``; None where it has none (the caller falls back to
+    Optuna's own calls)."""
+    rdb = getattr(storage, "_backend", storage)
+    dialect = rdb.engine.name if isinstance(rdb, RDBStorage) else None
+    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects import sqlite as module
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql as module
+    else:
+        return None
+    return module
+
+
+def _upsert(
+    trials: list[optuna.Trial], module: Any, model: Any, rows: list[dict[str, Any]], key: str
+) -> None:
+    """One INSERT ... ON CONFLICT (trial_id, ``key``) DO UPDATE of ``rows`` and one commit,
+    after checking that every trial is still running (as Optuna's own writes do)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    storage = trials[0].storage
+    rdb = getattr(storage, "_backend", storage)
+    insert = module.insert(model).values(rows)
+    columns = {c: insert.excluded[c] for c in rows[0] if c not in ("trial_id", key)}
+    upsert = insert.on_conflict_do_update(
+        index_elements=[model.trial_id, getattr(model, key)], set_=columns
+    )
+    ids = [t._trial_id for t in trials]
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        states = dict(
+            session.query(models.TrialModel.trial_id, models.TrialModel.state).filter(
+                models.TrialModel.trial_id.in_(ids)
+            )
+        )
+        for trial_id in ids:
+            if trial_id not in states:
+                raise KeyError(f"No trial with trial_id {trial_id} exists.")
+            rdb.check_trial_is_updatable(trial_id, states[trial_id])
+        session.execute(upsert)
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Set several user attributes of a running trial in one statement and one commit.
 
@@ -315,35 +360,52 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     import json
 
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
 
-    storage = trial.storage
-    rdb = getattr(storage, "_backend", storage)
-    dialect = rdb.engine.name if isinstance(rdb, RDBStorage) else None
-    if dialect not in ("sqlite", "postgresql") or (
-        dialect == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0)
-    ):
+    module = _upsert_dialect(trial.storage)
+    if module is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    from sqlalchemy.dialects import postgresql
-    from sqlalchemy.dialects import sqlite as sqlite_dialect
-
-    model = models.TrialUserAttributeModel
     rows = [
         {"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
         for k, v in attrs.items()
     ]
-    insert = (sqlite_dialect if dialect == "sqlite" else postgresql).insert(model).values(rows)
-    upsert = insert.on_conflict_do_update(
-        index_elements=[model.trial_id, model.key],
-        set_={"value_json": insert.excluded.value_json},
-    )
-    with _create_scoped_session(rdb.scoped_session, True) as session:
-        found = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
-        rdb.check_trial_is_updatable(trial._trial_id, found.state)
-        session.execute(upsert)
+    _upsert([trial], module, models.TrialUserAttributeModel, rows, "key")
     trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def report_values(trials: list[optuna.Trial], values: list[float], step: int) -> None:
+    """``trial.report(value, step)`` for several running trials in one statement and one commit.
+
+    A stack of trials reports every epoch: one commit per member cost 1.8-2.1 ms a member-epoch
+    in a two-process study (a third of width 32's epoch), and each commit takes SQLite's one
+    write lock that the other process waits for. A step already reported is overwritten here
+    (``trial.report`` warns and keeps the first value; the runner reports each step once).
+    """
+    from optuna.storages._rdb import models
+
+    if not trials:
+        return
+    module = _upsert_dialect(trials[0].storage)
+    if module is None:
+        for trial, value in zip(trials, values, strict=True):
+            trial.report(value, step)
+        return
+    model = models.TrialIntermediateValueModel
+    rows = []
+    for trial, value in zip(trials, values, strict=True):
+        stored, kind = model.intermediate_value_to_stored_repr(float(value))
+        rows.append(
+            {
+                "trial_id": trial._trial_id,
+                "step": step,
+                "intermediate_value": stored,
+                "intermediate_value_type": kind,
+            }
+        )
+    _upsert(trials, module, model, rows, "step")
+    for trial, value in zip(trials, values, strict=True):
+        trial._cached_frozen_trial.intermediate_values[step] = float(value)
 
 
 def _wait_for_space(storage: RDBStorage, study_name: str, timeout_s: float = 15.0) -> Any:

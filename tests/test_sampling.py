@@ -229,3 +229,46 @@ def test_median_pruner_reads_its_snapshot_once_per_trial_and_decides_as_a_fresh_
     assert TrialState.PRUNED in fresh and TrialState.COMPLETE in fresh
     assert cached == fresh  # in one process, trials complete only between trials
     assert cached_reads < fresh_reads / 2
+
+
+def test_a_stack_started_together_shares_one_read_and_decides_as_fresh_reads() -> None:
+    def stack_decisions(pruner: PerWidthPruner, together: bool) -> tuple[list[bool], int]:
+        study = optuna.create_study(pruner=pruner)
+        for value in (1.0, 2.0, 3.0):  # finished trials of width 8 the members are held to
+            study.add_trial(
+                create_trial(
+                    params={"width": 8, "lr": 0.01},
+                    distributions=DISTS,
+                    value=value,
+                    intermediate_values={1: value},
+                )
+            )
+        for _ in range(4):
+            study.enqueue_trial({"width": 8})
+        members = [study.ask() for _ in range(4)]
+        for t in members:
+            assert t.suggest_categorical("width", WIDTHS) == 8
+        if together:
+            pruner.started_together([t._trial_id for t in members])
+        reads = 0
+        get_all_trials = study._storage.get_all_trials
+
+        def counting(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+            nonlocal reads
+            reads += 1
+            return get_all_trials(*args, **kwargs)
+
+        study._storage.get_all_trials = counting  # type: ignore[method-assign]
+        decisions = []
+        for t, value in zip(members, (0.5, 1.5, 2.5, 3.5), strict=True):
+            t.report(value, 1)
+            decisions.append(t.should_prune())
+        return decisions, reads
+
+    median = dict(n_startup_trials=1, n_warmup_steps=0)
+    fresh, fresh_reads = stack_decisions(PerWidthPruner(MedianPruner(**median), -1), False)
+    shared, shared_reads = stack_decisions(PerWidthPruner(MedianPruner(**median)), True)
+    apart, apart_reads = stack_decisions(PerWidthPruner(MedianPruner(**median)), False)
+    assert fresh == [False, False, True, True]  # against the median 2.0 of width 8
+    assert shared == fresh == apart
+    assert (fresh_reads, apart_reads, shared_reads) == (4, 4, 1)

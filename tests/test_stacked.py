@@ -58,9 +58,9 @@ def test_a_pruned_member_stops_while_the_others_go_on(tmp_path: Path) -> None:
     data = load_dataset(space.dataset, space.seed)
     calls: list[tuple[int, int]] = []
 
-    def on_epoch(member: int, ep) -> bool:  # type: ignore[no-untyped-def]
-        calls.append((member, ep.epoch))
-        return member == 1 and ep.epoch == 1
+    def on_epoch(members: list[int], eps) -> list[bool]:  # type: ignore[no-untyped-def]
+        calls.extend((m, ep.epoch) for m, ep in zip(members, eps, strict=True))
+        return [m == 1 and ep.epoch == 1 for m, ep in zip(members, eps, strict=True)]
 
     results = train_stacked(space, data, 64, LRS, SEEDS, on_epoch)
     assert [r.epochs_run for r in results] == [3, 1, 3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import optuna
 import pytest
 
 from study.run import main
-from study.storage import mask_url, open_storage, set_user_attrs
+from study.storage import mask_url, open_storage, report_values, set_user_attrs
 from tests.conftest import db_digest
 
 
@@ -111,6 +112,39 @@ def test_user_attrs_are_written_at_once_overwritten_and_refused_once_finished(
     assert study.trials[0].user_attrs == {"a": 2, "b": "inf", "c": True, "d": 0.5}
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         set_user_attrs(trial, {"e": 1})
+
+
+@pytest.mark.parametrize("url", ["sqlite:///values.db", None])
+def test_a_stack_reports_in_one_write_what_trial_report_would_store(
+    workdir: Path, url: str | None
+) -> None:
+    storage = open_storage(url, heartbeat_s=None) if url else optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    batch, alone = [study.ask() for _ in range(4)], [study.ask() for _ in range(4)]
+    values = [0.5, math.nan, math.inf, -math.inf]
+    for step in (1, 2):
+        report_values(batch[: 4 - step], values[: 4 - step], step)
+        for t, v in zip(alone[: 4 - step], values[: 4 - step], strict=True):
+            t.report(v, step)
+    for t in batch:  # the running trial sees its own values, as after trial.report
+        assert str(t._cached_frozen_trial.intermediate_values) == str(
+            alone[batch.index(t)]._cached_frozen_trial.intermediate_values
+        )
+    for t in batch + alone:
+        study.tell(t, 1.0)
+    stored = optuna.load_study(study_name=study.study_name, storage=storage).trials
+    assert str([t.intermediate_values for t in stored[:4]]) == str(
+        [t.intermediate_values for t in stored[4:]]
+    )
+    assert stored[0].intermediate_values == {1: 0.5, 2: 0.5}
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        report_values(batch[:1], [1.0], 3)
+    assert (
+        3
+        not in optuna.load_study(study_name=study.study_name, storage=storage)
+        .trials[0]
+        .intermediate_values
+    )
 
 
 def _open_at_once(url: str, barrier: Any, errors: Any) -> None:
