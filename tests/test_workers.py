@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -98,6 +99,47 @@ def test_four_workers_on_sqlite_reach_the_exact_total(workdir: Path) -> None:
     assert all(t.system_attrs.get(SURPLUS) for t in failed)  # only slots lost in a race
     widths = [t.params["width"] for t in trials if t.state != TrialState.FAIL]
     assert abs(widths.count(4) - widths.count(8)) <= 4  # fair share across workers too
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_started_either_way_end_cleanly_at_the_exact_total(
+    workdir: Path, method: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Fork is the CPU default on Linux; spawn is what a GPU (or macOS) run uses."""
+    import study.run
+
+    monkeypatch.setattr(study.run, "start_method", lambda device: method)
+    path = write_space(workdir, "quick", QUICK)
+    args = ["--space", str(path), "--trials", "12", "--workers", "2", "--storage", "sqlite:///m.db"]
+    assert study.run.main([*args, "--no-report"]) == 0
+    out = capsys.readouterr().out
+    child = int(re.search(r"pids (\d+)\)", out).group(1))  # type: ignore[union-attr]
+    assert "ended with" not in out  # the worker process exited with status 0
+    trials = assert_exact("sqlite:///m.db", "quick", 12)
+    # Each trial names the process that ran it: this one (worker 0) or the child.
+    here = os.uname().nodename
+    ran = {t.system_attrs["worker"] for t in trials}
+    assert ran <= {f"{here}:{os.getpid()}", f"{here}:{child}"}
+
+
+def _send_worker_id(queue: Any) -> None:
+    from study.runner import _worker_id
+
+    queue.put((os.getpid(), _worker_id()))
+
+
+def test_a_forked_worker_names_itself_not_its_parent() -> None:
+    import multiprocessing
+
+    import study.runner  # noqa: F401  (imported in the parent, as the run has it at fork)
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_send_worker_id, args=(queue,))
+    p.start()
+    pid, worker = queue.get(timeout=60)
+    p.join()
+    assert pid != os.getpid() and worker.endswith(f":{pid}")
 
 
 def test_sigkill_of_one_worker_the_others_finish_and_retry_its_trial(workdir: Path) -> None:
