@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from study.data import Dataset, load_dataset
 from study.sampling import LR, WIDTH, PerWidthPruner
@@ -46,11 +47,19 @@ class Objective:
             self._data = load_dataset(self.space.dataset, self.space.seed, self.device)
         return self._data
 
+    def distributions(self) -> tuple[CategoricalDistribution, FloatDistribution]:
+        """The distributions of ``width`` and ``lr``."""
+        space = self.space
+        return (
+            CategoricalDistribution(list(space.model.widths)),
+            FloatDistribution(space.lr.low, space.lr.high, log=True),
+        )
+
     def suggest(self, trial: optuna.Trial) -> tuple[int, float]:
         """The trial's width (first: the sampler balances widths on it) and lr."""
-        space = self.space
-        width = trial.suggest_categorical(WIDTH, list(space.model.widths))
-        lr = trial.suggest_float(LR, space.lr.low, space.lr.high, log=True)
+        width_dist, lr_dist = self.distributions()  # the ones a new trial is stored with
+        width = trial.suggest_categorical(WIDTH, width_dist.choices)
+        lr = trial.suggest_float(LR, lr_dist.low, lr_dist.high, log=lr_dist.log)
         return int(width), lr
 
     @staticmethod

@@ -27,18 +27,19 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from study._console import Counts, Progress, count_trials
+from study._console import Progress, count_trials
 from study.objective import Objective, trial_seed
-from study.sampling import WIDTH, WidthStratifiedSampler
+from study.sampling import LR, WIDTH, WidthStratifiedSampler
 from study.stacked import can_stack, train_stacked
 from study.storage import claim_stale_trial, heartbeatless_stale_trial_ids
-from study.train import train
+from study.train import TrainResult, train
 
 __all__ = [
     "CPU_STACK_MAX_WIDTH",
@@ -216,110 +217,110 @@ def _train_and_tell(study: optuna.Study, objective: Objective, trial: optuna.Tri
     return state
 
 
-def run_stacked_trials(study: optuna.Study, objective: Objective, target: int, k: int) -> int:
-    """Up to ``k`` new trials of one width (the next one due) trained at once as a stack.
+def run_new_trials(
+    study: optuna.Study,
+    objective: Objective,
+    target: int,
+    trials: list[optuna.trial.FrozenTrial],
+    width: int,
+    k: int,
+) -> int:
+    """Create up to ``k`` trials of ``width`` and train them: alone if one, else as a stack.
 
-    Every trial's heartbeat runs from its creation. A queued retry popped meanwhile keeps its
-    own width: it runs alone after the stack.
+    ``trials`` is the study as just read: it gives the free slots, the width's share and the
+    history the lrs are sampled from (:meth:`WidthStratifiedSampler.sample_new`). Each trial is
+    stored whole in one write (width, lr, worker), its heartbeat starts at once, and one read
+    afterwards checks that it holds a slot and its width's share: another worker may have
+    created trials meanwhile; a trial that lost that race is failed before training (surplus).
 
     Returns:
         How many trials were run.
     """
     sampler = study.sampler
     assert isinstance(sampler, WidthStratifiedSampler)
+    space = objective.space
+    share = math.ceil(target / len(space.model.widths))
+    slots = [t for t in trials if t.state in _SLOT_STATES]
+    held = sum(t.params.get(WIDTH) == width for t in slots)
+    n = max(1, min(k, share - held, target - len(slots)))
+    width_dist, lr_dist = objective.distributions()
+    new = [
+        optuna.trial.FrozenTrial(
+            number=len(trials) + i,  # the number it gets, unless another worker asks meanwhile
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params={WIDTH: width},
+            distributions={WIDTH: width_dist},
+            user_attrs={},
+            system_attrs={WORKER: _worker_id()},  # for finding a lost worker's trials
+            intermediate_values={},
+            trial_id=-1,
+        )
+        for i in range(n)
+    ]
+    sampler.sample_new(study, trials, new, LR, lr_dist)
     members: list[optuna.Trial] = []
-    queued: list[optuna.Trial] = []
-    lrs: list[float] = []
     with contextlib.ExitStack() as beats:
         try:
-            # Read afresh: other workers may have taken the width planned a moment ago.
-            with sampler.fixed_width(sampler.next_width(study)) as width:
-                share = math.ceil(target / len(objective.space.model.widths))
-                for _ in range(k):
-                    if _held(study, width) >= share:  # other workers filled it meanwhile
-                        break
-                    trial = _new_trial(study, target)
-                    if trial is None:
-                        break
-                    beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
-                    if "fixed_params" in study._storage.get_trial_system_attrs(trial._trial_id):
-                        queued.append(trial)
-                        continue
-                    members.append(trial)  # from here on, failed if interrupted
-                    lr = objective.suggest(trial)[1]  # TPE on this width's trials
-                    if _held(study, width, before=trial.number) >= share:
-                        _surplus(study, trial)  # another worker's trial took the last share
-                        members.pop()
-                        break
-                    lrs.append(lr)
-            results = (
-                train_stacked(
-                    objective.space,
-                    objective.data,
-                    width,
-                    lrs,
-                    [trial_seed(objective.space, t.number) for t in members],
-                    objective.stack_reporter(members),
-                )
-                if members
-                else []
-            )
+            with _Deferred() as interrupted:  # every trial created gets its heartbeat
+                for template in new:
+                    trial_id = study._storage.create_new_trial(study._study_id, template)
+                    members.append(optuna.Trial(study, trial_id))
+                    beats.enter_context(get_heartbeat_thread(trial_id, study._storage))
+                members = _drop_surplus(study, members, target, width, share)
+            interrupted.deliver()
+            lrs = [t.params[LR] for t in members]
+            seeds = [trial_seed(space, t.number) for t in members]
+            results: list[TrainResult] = []
+            if len(members) == 1:
+                reporter = objective.reporter(members[0])
+                results = [train(space, objective.data, width, lrs[0], seeds[0], reporter)]
+            elif members:
+                reporter_all = objective.stack_reporter(members)
+                results = train_stacked(space, objective.data, width, lrs, seeds, reporter_all)
         except BaseException:
-            _fail_all(study, members + queued)
+            _fail_all(study, members)
             raise
-        n = len(members)
-        with _Deferred() as held:  # every member is told, even if Ctrl-C comes meanwhile
+        extra = {"stacked": len(members)} if len(members) > 1 else None
+        with _Deferred() as interrupted:  # every trial is told, even if Ctrl-C comes meanwhile
             for t, r, lr in zip(members, results, lrs, strict=True):
-                _tell(study, t, lambda t=t, r=r, lr=lr: objective.finish(t, r, lr, {"stacked": n}))
-        held.deliver()
-        for i, t in enumerate(queued):
-            try:
-                _train_and_tell(study, objective, t)
-            except BaseException:
-                _fail_all(study, queued[i + 1 :])
-                raise
-    return len(members) + len(queued)
+                _tell(study, t, lambda t=t, r=r, lr=lr: objective.finish(t, r, lr, extra))
+        interrupted.deliver()
+    return len(members)
 
 
-def _held(study: optuna.Study, width: int, before: int | None = None) -> int:
-    """Trials of ``width`` holding a slot (finished, running or queued), numbered below
-    ``before`` if given."""
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_SLOT_STATES)
-    return sum(
-        t.params.get(WIDTH) == width and (before is None or t.number < before) for t in trials
-    )
+def _drop_surplus(
+    study: optuna.Study, members: list[optuna.Trial], target: int, width: int, share: int
+) -> list[optuna.Trial]:
+    """The ``members`` that hold a slot and their width's share (one read); the others are
+    failed as surplus."""
+    slots = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_SLOT_STATES)
+    kept = []
+    for trial in members:
+        before = [t for t in slots if t.number < trial.number]
+        if len(before) < target and sum(t.params.get(WIDTH) == width for t in before) < share:
+            kept.append(trial)
+        else:
+            _surplus(study, trial)
+    return kept
 
 
 def _stack_size(
-    study: optuna.Study,
     objective: Objective,
     trials: list[optuna.trial.FrozenTrial],
+    width: int,
     target: int,
     stack: int,
     stack_max_width: int,
-    counts: Counts,
 ) -> int:
-    """How many trials of the next width to train at once (1: a single trial), from the
-    study's ``trials`` as just read.
-
-    Never more than the free slots, nor than that width still needs for its equal share.
-    """
-    sampler = study.sampler
-    if (
-        stack <= 1
-        or counts.waiting  # a retry keeps its own width: it runs alone first
-        or not can_stack(objective.space)
-        or not isinstance(sampler, WidthStratifiedSampler)
-    ):
+    """How many trials of ``width`` to train at once (1: a single trial), from the study's
+    ``trials`` as just read (:func:`run_new_trials` caps it by the free slots and the width's
+    share)."""
+    if stack <= 1 or not can_stack(objective.space) or width > stack_max_width:
         return 1
-    width = sampler.next_width_of(trials)
-    if width > stack_max_width:
-        return 1
-    widths = objective.space.model.widths
-    held = sum(t.params.get(WIDTH) == width and t.state in _SLOT_STATES for t in trials)
-    share = math.ceil(target / len(widths)) - held
-    free = target - counts.finished - counts.running - counts.waiting
-    return max(1, min(stack, free, share))
+    return stack
 
 
 def run_trials(
@@ -338,7 +339,9 @@ def run_trials(
     ``stop`` is asked before every trial; True ends the loop early. With ``stack`` > 1, trials
     of widths up to ``stack_max_width`` are trained ``stack`` at a time (where stacking wins).
     """
+    sampler = study.sampler
     while not stop():
+        _fail_stale(study)  # may queue retries, which the read below then sees
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)  # one read
         counts = count_trials(trials)
         if progress is not None:
@@ -346,14 +349,14 @@ def run_trials(
         if counts.finished >= target:
             return
         if counts.waiting == 0 and counts.finished + counts.running >= target:
-            _fail_stale(study)
             time.sleep(POLL_S)
             continue
-        k = _stack_size(study, objective, trials, target, stack, stack_max_width, counts)
-        if k > 1:  # the stack picks its width afresh: other workers ask meanwhile
-            run_stacked_trials(study, objective, target, k)
-        else:
-            run_one_trial(study, objective, target)
+        if counts.waiting or not isinstance(sampler, WidthStratifiedSampler):
+            run_one_trial(study, objective, target)  # ask() runs a queued retry first
+            continue
+        width = sampler.next_width_of(trials)
+        k = _stack_size(objective, trials, width, target, stack, stack_max_width)
+        run_new_trials(study, objective, target, trials, width, k)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ Both work through :class:`_WidthView`, a study seen through a filter on the ``wi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import optuna
@@ -110,16 +109,31 @@ class WidthStratifiedSampler(BaseSampler):
             raise ValueError("widths must not be empty.")
         self._widths = list(widths)
         self._lr_sampler = lr_sampler
-        self._fixed: int | None = None
 
-    @contextlib.contextmanager
-    def fixed_width(self, width: int) -> Iterator[int]:
-        """Within the block, every new trial gets ``width`` (a stack of trials of one width)."""
-        self._fixed = width
-        try:
-            yield width
-        finally:
-            self._fixed = None
+    def sample_new(
+        self,
+        study: optuna.Study,
+        trials: Sequence[FrozenTrial],
+        new: Sequence[FrozenTrial],
+        name: str,
+        distribution: BaseDistribution,
+    ) -> None:
+        """Sample ``name`` into each of the ``new`` trials (not yet stored, their width set),
+        given the study's ``trials`` as read once.
+
+        Each new trial's value comes from the inner sampler on a view holding the trials of its
+        width and the new trials before it (running, as they would be had each been asked and
+        suggested in turn): the same values, in one process, as asking them one by one, with
+        one storage read instead of one per trial.
+        """
+        planned: list[FrozenTrial] = []
+        for trial in new:
+            same = [t for t in [*trials, *planned] if t.params.get(WIDTH) == trial.params[WIDTH]]
+            view = _SnapshotView(study, same)
+            value = self._lr_sampler.sample_independent(view, trial, name, distribution)  # type: ignore[arg-type]
+            trial.params[name] = value
+            trial.distributions[name] = distribution
+            planned.append(trial)
 
     def next_width(self, study: optuna.Study) -> int:
         """The width with the fewest trials holding a share (first in the list on a tie)."""
@@ -152,7 +166,7 @@ class WidthStratifiedSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         if param_name == WIDTH:
-            return self._fixed if self._fixed is not None else self.next_width(study)
+            return self.next_width(study)
         if WIDTH not in trial.params:
             raise RuntimeError(f"suggest {WIDTH!r} before {param_name!r}.")
         view = _WidthView(study, _same_width(trial.params[WIDTH]))
