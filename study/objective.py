@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from study.data import Dataset, load_dataset
 from study.sampling import LR, WIDTH, PerWidthPruner
 from study.space import Space
-from study.storage import report_values, set_user_attrs
+from study.storage import set_user_attrs, write_reports
 from study.train import EpochResult, TrainResult, train
 
 __all__ = ["Objective", "trial_seed"]
@@ -63,22 +64,22 @@ class Objective:
         return int(width), lr
 
     @staticmethod
-    def reporter(trial: optuna.Trial) -> Callable[[EpochResult], bool]:
+    def reporter(trial: optuna.Trial, reports: Reports) -> Callable[[EpochResult], bool]:
         """Reports each epoch's validation loss; True when the trial should stop."""
 
         def on_epoch(ep: EpochResult) -> bool:
-            trial.report(ep.val_loss, ep.epoch)
+            reports.add(trial, ep.epoch, ep.val_loss)
+            reports.write_if_due()
             return not ep.diverged and trial.should_prune()
 
         return on_epoch
 
     @staticmethod
     def stack_reporter(
-        trials: list[optuna.Trial],
+        trials: list[optuna.Trial], reports: Reports
     ) -> Callable[[list[int], list[EpochResult]], list[bool]]:
         """For a stack of ``trials``: reports the epoch's validation loss of every member
-        still training in one storage write, then asks the pruner about each (see
-        :func:`study.train_stacked`)."""
+        still training, then asks the pruner about each (see :func:`study.train_stacked`)."""
         if trials:
             pruner = trials[0].study.pruner
             if isinstance(pruner, PerWidthPruner):  # one read of the finished trials serves
@@ -86,7 +87,9 @@ class Objective:
 
         def on_epoch(members: list[int], eps: list[EpochResult]) -> list[bool]:
             live = [trials[m] for m in members]
-            report_values(live, [ep.val_loss for ep in eps], eps[0].epoch)
+            for t, ep in zip(live, eps, strict=True):
+                reports.add(t, ep.epoch, ep.val_loss)
+            reports.write_if_due()
             return [not ep.diverged and t.should_prune() for t, ep in zip(live, eps, strict=True)]
 
         return on_epoch
@@ -128,5 +131,47 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         width, lr = self.suggest(trial)
         seed = trial_seed(self.space, trial.number)
-        r = train(self.space, self.data, width, lr, seed, self.reporter(trial))
+        reports = Reports()
+        try:
+            r = train(self.space, self.data, width, lr, seed, self.reporter(trial, reports))
+        finally:
+            reports.write()
         return self.finish(trial, r, lr)
+
+
+# How often reported values are written to the storage while trials train.
+REPORT_WRITE_S = 1.0
+
+
+class Reports:
+    """Values reported by running trials: each goes to its trial at once (the pruner asks the
+    trial, not the storage) and to the storage in one write at most every ``every_s`` seconds
+    and on :meth:`write`, which the runner calls before a trial is told.
+
+    A write per epoch was 1.8-2.1 ms a member-epoch of a stack in a two-process study, a third
+    of width 32's epoch, and each write takes SQLite's one write lock, which the other process
+    waits for. The dashboard shows a running trial's curve at most ``every_s`` late; a killed
+    trial loses at most that much of its curve (it is failed and retried anyway).
+    """
+
+    def __init__(self, every_s: float = REPORT_WRITE_S) -> None:
+        self._every_s = every_s
+        self._rows: list[tuple[optuna.Trial, int, float]] = []
+        self._written = time.monotonic()
+
+    def add(self, trial: optuna.Trial, step: int, value: float) -> None:
+        """As ``trial.report(value, step)`` (a step reported before is ignored), unwritten."""
+        values = trial._cached_frozen_trial.intermediate_values
+        if step not in values:
+            values[step] = float(value)
+            self._rows.append((trial, step, float(value)))
+
+    def write_if_due(self) -> None:
+        if time.monotonic() - self._written >= self._every_s:
+            self.write()
+
+    def write(self) -> None:
+        """Store every value not stored yet, in one write."""
+        rows, self._rows = self._rows, []
+        self._written = time.monotonic()
+        write_reports(rows)

@@ -35,7 +35,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.trial import TrialState
 
 from study._console import Progress, count_trials
-from study.objective import Objective, trial_seed
+from study.objective import Objective, Reports, trial_seed
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
 from study.stacked import can_stack, train_stacked
 from study.storage import claim_stale_trial, heartbeatless_stale_trial_ids
@@ -167,12 +167,16 @@ def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
     return None if surplus else trial
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, finish: Callable[[], float]) -> TrialState:
-    """Tell the trial's end as ``finish`` gives it (a value, or TrialPruned).
+def _tell(
+    study: optuna.Study, trial: optuna.Trial, finish: Callable[[], float], reports: Reports
+) -> TrialState:
+    """Store the trial's reports, tell its end as ``finish`` gives it (a value, or
+    TrialPruned).
 
     Call it inside ``_Deferred``: an interrupt between the attrs and the state would leave the
     trial RUNNING.
     """
+    reports.write()  # Optuna reads a pruned trial's last value from the storage
     state, value = TrialState.COMPLETE, None
     try:
         value = finish()
@@ -182,8 +186,14 @@ def _tell(study: optuna.Study, trial: optuna.Trial, finish: Callable[[], float])
     return state
 
 
-def _fail_all(study: optuna.Study, trials: list[optuna.Trial]) -> None:
+def _fail_all(
+    study: optuna.Study, trials: list[optuna.Trial], reports: Reports | None = None
+) -> None:
+    """Fail every trial not finished yet, after storing what it reported (if it still can)."""
     with _Deferred():  # a second Ctrl-C must not leave a trial RUNNING
+        if reports is not None:
+            with contextlib.suppress(Exception):  # e.g. a trial failed meanwhile as stale
+                reports.write()
         for trial in trials:
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
@@ -204,15 +214,18 @@ def run_one_trial(study: optuna.Study, objective: Objective, target: int) -> Tri
 
 def _train_and_tell(study: optuna.Study, objective: Objective, trial: optuna.Trial) -> TrialState:
     """Train one created trial (its heartbeat already running) and tell its end."""
+    reports = Reports()
     try:
         width, lr = objective.suggest(trial)
         seed = trial_seed(objective.space, trial.number)
-        r = train(objective.space, objective.data, width, lr, seed, objective.reporter(trial))
+        r = train(
+            objective.space, objective.data, width, lr, seed, objective.reporter(trial, reports)
+        )
     except BaseException:
-        _fail_all(study, [trial])
+        _fail_all(study, [trial], reports)
         raise
     with _Deferred() as held:
-        state = _tell(study, trial, lambda: objective.finish(trial, r, lr))
+        state = _tell(study, trial, lambda: objective.finish(trial, r, lr), reports)
     held.deliver()
     return state
 
@@ -262,6 +275,7 @@ def run_new_trials(
     ]
     sampler.sample_new(study, trials, new, LR, lr_dist)
     members: list[optuna.Trial] = []
+    reports = Reports()
     with contextlib.ExitStack() as beats:
         try:
             with _Deferred() as interrupted:  # every trial created gets its heartbeat
@@ -275,18 +289,18 @@ def run_new_trials(
             seeds = [trial_seed(space, t.number) for t in members]
             results: list[TrainResult] = []
             if len(members) == 1:
-                reporter = objective.reporter(members[0])
+                reporter = objective.reporter(members[0], reports)
                 results = [train(space, objective.data, width, lrs[0], seeds[0], reporter)]
             elif members:
-                reporter_all = objective.stack_reporter(members)
+                reporter_all = objective.stack_reporter(members, reports)
                 results = train_stacked(space, objective.data, width, lrs, seeds, reporter_all)
         except BaseException:
-            _fail_all(study, members)
+            _fail_all(study, members, reports)
             raise
         extra = {"stacked": len(members)} if len(members) > 1 else None
         with _Deferred() as interrupted:  # every trial is told, even if Ctrl-C comes meanwhile
             for t, r, lr in zip(members, results, lrs, strict=True):
-                _tell(study, t, lambda t=t, r=r, lr=lr: objective.finish(t, r, lr, extra))
+                _tell(study, t, lambda t=t, r=r, lr=lr: objective.finish(t, r, lr, extra), reports)
         interrupted.deliver()
     return len(members)
 

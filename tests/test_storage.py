@@ -10,8 +10,9 @@ from typing import Any
 import optuna
 import pytest
 
+from study.objective import Reports
 from study.run import main
-from study.storage import mask_url, open_storage, report_values, set_user_attrs
+from study.storage import mask_url, open_storage, set_user_attrs
 from tests.conftest import db_digest
 
 
@@ -115,21 +116,29 @@ def test_user_attrs_are_written_at_once_overwritten_and_refused_once_finished(
 
 
 @pytest.mark.parametrize("url", ["sqlite:///values.db", None])
-def test_a_stack_reports_in_one_write_what_trial_report_would_store(
+def test_reports_are_stored_in_one_write_as_trial_report_stores_them(
     workdir: Path, url: str | None
 ) -> None:
     storage = open_storage(url, heartbeat_s=None) if url else optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage)
     batch, alone = [study.ask() for _ in range(4)], [study.ask() for _ in range(4)]
     values = [0.5, math.nan, math.inf, -math.inf]
+    reports = Reports(every_s=math.inf)  # written only when asked
     for step in (1, 2):
-        report_values(batch[: 4 - step], values[: 4 - step], step)
+        for t, v in zip(batch[: 4 - step], values[: 4 - step], strict=True):
+            reports.add(t, step, v)
+        reports.add(batch[0], step, 99.0)  # a step reported again is ignored, as Optuna does
+        reports.write_if_due()
         for t, v in zip(alone[: 4 - step], values[: 4 - step], strict=True):
             t.report(v, step)
-    for t in batch:  # the running trial sees its own values, as after trial.report
+    if url:  # (an in-memory storage holds the trial objects themselves)
+        fresh = optuna.load_study(study_name=study.study_name, storage=storage).trials
+        assert all(not t.intermediate_values for t in fresh[:4])  # nothing written yet...
+    for t, a in zip(batch, alone, strict=True):  # ...but each trial (and its pruner) has them
         assert str(t._cached_frozen_trial.intermediate_values) == str(
-            alone[batch.index(t)]._cached_frozen_trial.intermediate_values
+            a._cached_frozen_trial.intermediate_values
         )
+    reports.write()
     for t in batch + alone:
         study.tell(t, 1.0)
     stored = optuna.load_study(study_name=study.study_name, storage=storage).trials
@@ -137,14 +146,11 @@ def test_a_stack_reports_in_one_write_what_trial_report_would_store(
         [t.intermediate_values for t in stored[4:]]
     )
     assert stored[0].intermediate_values == {1: 0.5, 2: 0.5}
+    reports.add(batch[0], 3, 1.0)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        report_values(batch[:1], [1.0], 3)
-    assert (
-        3
-        not in optuna.load_study(study_name=study.study_name, storage=storage)
-        .trials[0]
-        .intermediate_values
-    )
+        reports.write()
+    again = optuna.load_study(study_name=study.study_name, storage=storage).trials
+    assert 3 not in again[0].intermediate_values
 
 
 def _open_at_once(url: str, barrier: Any, errors: Any) -> None:
