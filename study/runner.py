@@ -468,10 +468,11 @@ def start_method(device: Any) -> str:
     """How worker processes start: ``fork`` on Linux for a CPU study, else ``spawn``.
 
     A spawned worker imports torch and the tool again: 2.2-3 s of a core before its first
-    trial, against 0.5 s forked. Forking is safe here because the run forks before any trial:
-    no thread but the main one exists yet (no heartbeat, no torch thread pool), and the
-    worker opens its own storage; the parent's connections stay referenced (never closed) in
-    the child, which ends with ``os._exit``. CUDA cannot be forked, nor is fork safe on macOS.
+    trial, against 0.1 s forked. The run forks before any trial: no thread of the tool's runs
+    yet (no heartbeat, no torch thread pool; torch's import leaves one idle thread of its own,
+    as when a DataLoader forks its workers), and the worker opens its own storage; the parent's
+    connections stay referenced (never closed) in the child, which ends with ``os._exit``.
+    CUDA cannot be forked, nor is fork safe on macOS: those spawn.
     """
     if getattr(device, "type", device) == "cpu" and sys.platform.startswith("linux"):
         return "fork"
