@@ -194,20 +194,25 @@ def test_width_must_be_suggested_before_lr() -> None:
         trial.suggest_float("lr", 1e-4, 1.0, log=True)
 
 
+def _count_reads(study: optuna.Study) -> list[int]:
+    """From now on, count the study's reads of its trial list (the returned list's one item)."""
+    reads = [0]
+    get_all_trials = study._storage.get_all_trials
+
+    def counting(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        reads[0] += 1
+        return get_all_trials(*args, **kwargs)
+
+    study._storage.get_all_trials = counting  # type: ignore[method-assign]
+    return reads
+
+
 def _noisy_curves_study(pruner: PerWidthPruner) -> tuple[list[TrialState], int]:
     """A one-process study whose curves depend on lr; returns the states and the storage reads."""
     study = optuna.create_study(
         pruner=pruner, sampler=WidthStratifiedSampler(WIDTHS, RandomSampler(seed=3))
     )
-    reads = 0
-    get_all_trials = study._storage.get_all_trials
-
-    def counting(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
-        nonlocal reads
-        reads += 1
-        return get_all_trials(*args, **kwargs)
-
-    study._storage.get_all_trials = counting  # type: ignore[method-assign]
+    reads = _count_reads(study)
 
     def objective(trial: optuna.Trial) -> float:
         w = trial.suggest_categorical("width", WIDTHS)
@@ -219,7 +224,7 @@ def _noisy_curves_study(pruner: PerWidthPruner) -> tuple[list[TrialState], int]:
         return abs(math.log10(lr) + 2)
 
     study.optimize(objective, n_trials=45)
-    return [t.state for t in study.trials], reads
+    return [t.state for t in study.trials], reads[0]
 
 
 def test_median_pruner_reads_its_snapshot_once_per_trial_and_decides_as_a_fresh_read() -> None:
@@ -250,20 +255,12 @@ def test_a_stack_started_together_shares_one_read_and_decides_as_fresh_reads() -
             assert t.suggest_categorical("width", WIDTHS) == 8
         if together:
             pruner.started_together([t._trial_id for t in members])
-        reads = 0
-        get_all_trials = study._storage.get_all_trials
-
-        def counting(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
-            nonlocal reads
-            reads += 1
-            return get_all_trials(*args, **kwargs)
-
-        study._storage.get_all_trials = counting  # type: ignore[method-assign]
+        reads = _count_reads(study)
         decisions = []
         for t, value in zip(members, (0.5, 1.5, 2.5, 3.5), strict=True):
             t.report(value, 1)
             decisions.append(t.should_prune())
-        return decisions, reads
+        return decisions, reads[0]
 
     median = dict(n_startup_trials=1, n_warmup_steps=0)
     fresh, fresh_reads = stack_decisions(PerWidthPruner(MedianPruner(**median), -1), False)
