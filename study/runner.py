@@ -321,17 +321,9 @@ def _drop_surplus(
     return kept
 
 
-def _stack_size(
-    objective: Objective,
-    trials: list[optuna.trial.FrozenTrial],
-    width: int,
-    target: int,
-    stack: int,
-    stack_max_width: int,
-) -> int:
-    """How many trials of ``width`` to train at once (1: a single trial), from the study's
-    ``trials`` as just read (:func:`run_new_trials` caps it by the free slots and the width's
-    share)."""
+def _stack_size(objective: Objective, width: int, stack: int, stack_max_width: int) -> int:
+    """How many trials of ``width`` to train at once (1: a single trial);
+    :func:`run_new_trials` caps it by the free slots and the width's share."""
     if stack <= 1 or not can_stack(objective.space) or width > stack_max_width:
         return 1
     return stack
@@ -369,7 +361,7 @@ def run_trials(
             run_one_trial(study, objective, target)  # ask() runs a queued retry first
             continue
         width = sampler.next_width_of(trials)
-        k = _stack_size(objective, trials, width, target, stack, stack_max_width)
+        k = _stack_size(objective, width, stack, stack_max_width)
         run_new_trials(study, objective, target, trials, width, k)
 
 
