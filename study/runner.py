@@ -23,7 +23,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from study._console import Progress, count_trials
 from study.objective import Objective, Reports, trial_seed
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
 from study.stacked import can_stack, train_stacked
-from study.storage import claim_stale_trial, heartbeatless_stale_trial_ids
+from study.storage import claim_stale_trial, claim_waiting_trial, heartbeatless_stale_trial_ids
 from study.train import TrainResult, train
 
 __all__ = [
@@ -146,13 +145,24 @@ def _surplus(study: optuna.Study, trial: optuna.Trial) -> None:
     study.tell(trial, state=TrialState.FAIL)
 
 
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``, except that a queued trial is claimed in one conditional UPDATE
+    (:func:`~study.storage.claim_waiting_trial`): Optuna's own pop lets two processes on SQLite
+    both take it."""
+    waiting = study._storage.get_all_trials(
+        study._study_id, deepcopy=False, states=(TrialState.WAITING,)
+    )
+    trial_id = next((t._trial_id for t in waiting if claim_waiting_trial(study, t._trial_id)), None)
+    if trial_id is None:
+        trial_id = study._storage.create_new_trial(study._study_id)
+    return optuna.Trial(study, trial_id)
+
+
 def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
     """Ask for a trial and record its first heartbeat; None when it got no slot (surplus)."""
     with _Deferred() as held:
         _fail_stale(study)
-        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for
-            warnings.simplefilter("ignore", UserWarning)  # optimize(); this loop runs its own
-            trial = study.ask()
+        trial = _ask(study)
         if is_heartbeat_enabled(study._storage):
             study._storage.record_heartbeat(trial._trial_id)  # stale from now on if we die
         # Which process runs it (host:pid), for finding a lost worker in a many-machine study.

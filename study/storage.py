@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "create_or_load_study",
     "claim_stale_trial",
+    "claim_waiting_trial",
     "dashboard_url",
     "heartbeatless_stale_trial_ids",
     "mask_url",
@@ -266,6 +267,18 @@ def heartbeatless_stale_trial_ids(study: optuna.Study) -> list[int]:
         rdb.scoped_session.remove()
 
 
+def claim_waiting_trial(study: optuna.Study, trial_id: int) -> bool:
+    """Start a queued (WAITING) trial in one conditional UPDATE; True only for the one process
+    that did.
+
+    Optuna's ``ask`` pops a queued trial by reading its state and then writing RUNNING; on
+    SQLite, which has no row locks, two processes can both pop it and both train it (the second
+    ``tell`` then fails: "Cannot tell a COMPLETE trial"). ``UPDATE ... WHERE state = WAITING``
+    succeeds for exactly one of them.
+    """
+    return _set_state_if(study, trial_id, optuna.trial.TrialState.WAITING)
+
+
 def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
     """Fail a RUNNING trial in one conditional UPDATE; True only for the one process that did.
 
@@ -273,25 +286,37 @@ def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
     has no row locks, Optuna's read-then-write lets both succeed). ``UPDATE ... WHERE state =
     RUNNING`` succeeds for exactly one of them.
     """
+    return _set_state_if(study, trial_id, optuna.trial.TrialState.RUNNING)
+
+
+def _set_state_if(study: optuna.Study, trial_id: int, expected: optuna.trial.TrialState) -> bool:
+    """Move a trial from ``expected`` to the next state (WAITING to RUNNING, RUNNING to FAIL)
+    in one conditional UPDATE; True if this call did."""
     from datetime import datetime
 
     from optuna.storages._rdb import models
 
+    TrialState = optuna.trial.TrialState
+    start = expected == TrialState.WAITING
     rdb = getattr(study._storage, "_backend", study._storage)
     if not isinstance(rdb, RDBStorage):
-        return study._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+        if start:
+            return study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+        return study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    now = datetime.now(UTC).replace(tzinfo=None)  # stored as naive UTC
+    column = (
+        models.TrialModel._datetime_start_utc if start else models.TrialModel._datetime_complete_utc
+    )
     session = rdb.scoped_session()
     try:
         n = (
             session.query(models.TrialModel)
             .filter(models.TrialModel.trial_id == trial_id)
-            .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+            .filter(models.TrialModel.state == expected)
             .update(
                 {
-                    models.TrialModel.state: optuna.trial.TrialState.FAIL,
-                    models.TrialModel._datetime_complete_utc: datetime.now(UTC).replace(
-                        tzinfo=None
-                    ),
+                    models.TrialModel.state: TrialState.RUNNING if start else TrialState.FAIL,
+                    column: now,
                 },
                 synchronize_session=False,
             )

@@ -423,3 +423,45 @@ def test_dashboard_refuses_a_network_address_without_the_flag(
     assert cmd[-4:] == ["--host", "0.0.0.0", "--port", "8080"]
     assert main(["--storage", "sqlite:///missing.db"]) == 2
     assert not (workdir / "missing.db").exists()
+
+
+def _take_queued(url: str, barrier: Any, out: Any, rounds: int) -> None:
+    from study.runner import _ask
+    from study.storage import open_storage
+
+    study = optuna.load_study(study_name="q", storage=open_storage(url, heartbeat_s=None))
+    for _ in range(rounds):
+        barrier.wait()  # every process asks at the same moment
+        trial = _ask(study)
+        out.put("fixed_params" in trial._cached_frozen_trial.system_attrs)
+        barrier.wait()
+
+
+def test_a_queued_trial_is_taken_by_one_process_only(workdir: Path) -> None:
+    """Optuna's ask pops a queued trial with a read then a write: on SQLite, several processes
+    asking at once took the same one (3 of 15 rounds here) and both trained it. The tool claims
+    it in one conditional UPDATE."""
+    import multiprocessing
+
+    from study.storage import open_storage, use_wal
+
+    url, processes, rounds = "sqlite:///q.db", 4, 15
+    storage = open_storage(url, heartbeat_s=None)
+    study = optuna.create_study(study_name="q", storage=storage)
+    use_wal(storage)
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(processes + 1), ctx.Queue()
+    procs = [
+        ctx.Process(target=_take_queued, args=(url, barrier, out, rounds)) for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    taken = []
+    for _ in range(rounds):
+        study.enqueue_trial({"x": 1.0})  # one queued trial a round, four processes asking
+        barrier.wait(timeout=60)
+        barrier.wait(timeout=60)
+        taken.append(sum(out.get(timeout=60) for _ in range(processes)))
+    for p in procs:
+        p.join(timeout=60)
+    assert taken == [1] * rounds
