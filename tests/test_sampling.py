@@ -269,3 +269,52 @@ def test_a_stack_started_together_shares_one_read_and_decides_as_fresh_reads() -
     assert fresh == [False, False, True, True]  # against the median 2.0 of width 8
     assert shared == fresh == apart
     assert (fresh_reads, apart_reads, shared_reads) == (4, 4, 1)
+
+
+def test_a_stack_sampled_from_one_read_gets_the_lrs_of_asking_one_by_one() -> None:
+    from datetime import datetime
+
+    from optuna.samplers import TPESampler
+
+    def history(study: optuna.Study) -> None:
+        for i, (w, lr) in enumerate([(8, 1e-3), (8, 3e-2), (64, 1e-2), (8, 0.3), (8, 3e-3)]):
+            study.add_trial(
+                create_trial(params={"width": w, "lr": lr}, distributions=DISTS, value=i * 0.1)
+            )
+
+    def sampler() -> WidthStratifiedSampler:
+        tpe = TPESampler(n_startup_trials=2, multivariate=False, constant_liar=True, seed=7)
+        return WidthStratifiedSampler(WIDTHS, tpe)
+
+    one_by_one = optuna.create_study(sampler=sampler())
+    history(one_by_one)
+    for _ in range(3):
+        one_by_one.enqueue_trial({"width": 8})  # the stack's width, as the runner fixes it
+    asked = []
+    for _ in range(3):
+        trial = one_by_one.ask()
+        trial.suggest_categorical("width", WIDTHS)
+        asked.append(trial.suggest_float("lr", 1e-4, 1.0, log=True))  # sees the ones before
+
+    at_once = optuna.create_study(sampler=sampler())
+    history(at_once)
+    trials = at_once.get_trials(deepcopy=False)
+    new = [
+        optuna.trial.FrozenTrial(
+            number=len(trials) + i,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params={"width": 8},
+            distributions={"width": DISTS["width"]},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
+        )
+        for i in range(3)
+    ]
+    at_once.sampler.sample_new(at_once, trials, new, "lr", DISTS["lr"])  # type: ignore[attr-defined]
+    assert [t.params["lr"] for t in new] == asked
+    assert len(set(asked)) == 3  # the constant liar spread them
