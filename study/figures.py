@@ -108,6 +108,17 @@ def _loss_vs_lr(ax: Axes, panel: Panel) -> None:
     ax.legend(fontsize=7, loc="lower left")
 
 
+def _log_axes(ax: Axes, has_data: bool, y: bool = True) -> bool:
+    """Width on a log2 x axis (and a log y axis): only with data, which an empty log axis has
+    none of (matplotlib refuses to save it). Returns ``has_data``."""
+    if has_data:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        if y:
+            ax.set_yscale("log")
+    return has_data
+
+
 def _lr_star(ax: Axes, panels: Sequence[Panel]) -> None:
     markers = ["o", "s", "^", "D"]
     line_colors = ["C0", "C3", "C2", "C1"]
@@ -138,9 +149,14 @@ def _lr_star(ax: Axes, panels: Sequence[Panel]) -> None:
             )
         else:
             ax.plot([], [], color=c, label=f"{label}: no fit ({fit.note})")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    if not _log_axes(ax, any(e.lr_star is not None for _, _, fit, _ in panels for e in fit.widths)):
+        ax.text(
+            0.5,
+            0.5,
+            "no lr* yet: no width has enough complete trials",
+            ha="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel("width")
     ax.set_ylabel("optimal learning rate lr*")
     ax.set_title("lr* vs width (fit lr* ∝ width^-α, 95% band; hollow = at edge)")
@@ -153,8 +169,9 @@ def _isolation(ax: Axes, panels: Sequence[Panel]) -> None:
         ax.plot(
             [e.width for e in est], [e.best_value for e in est], "o-", color=f"C{i}", label=label
         )
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    _log_axes(
+        ax, any(e.best_value is not None for _, _, fit, _ in panels for e in fit.widths), y=False
+    )
     ax.set_xlabel("width")
     ax.set_ylabel("best validation loss")
     ax.set_title("isolation plot: best loss per width (lr tuned per width)")

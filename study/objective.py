@@ -70,6 +70,8 @@ class Objective:
         def on_epoch(ep: EpochResult) -> bool:
             reports.add(trial, ep.epoch, ep.val_loss)
             reports.write_if_due()
+            if trial._trial_id in reports.lost:
+                return True  # stop: its retry runs in its place
             return not ep.diverged and trial.should_prune()
 
         return on_epoch
@@ -90,7 +92,10 @@ class Objective:
             for t, ep in zip(live, eps, strict=True):
                 reports.add(t, ep.epoch, ep.val_loss)
             reports.write_if_due()
-            return [not ep.diverged and t.should_prune() for t, ep in zip(live, eps, strict=True)]
+            return [
+                t._trial_id in reports.lost or (not ep.diverged and t.should_prune())
+                for t, ep in zip(live, eps, strict=True)
+            ]
 
         return on_epoch
 
@@ -158,6 +163,9 @@ class Reports:
         self._every_s = every_s
         self._rows: list[tuple[optuna.Trial, int, float]] = []
         self._written = time.monotonic()
+        # Trials found finished by another process while this one ran them (a stale check saw
+        # their heartbeat late: they were failed and their retry queued). They are lost here.
+        self.lost: set[int] = set()
 
     def add(self, trial: optuna.Trial, step: int, value: float) -> None:
         """As ``trial.report(value, step)`` (a step reported before is ignored), unwritten."""
@@ -171,7 +179,7 @@ class Reports:
             self.write()
 
     def write(self) -> None:
-        """Store every value not stored yet, in one write."""
+        """Store every value not stored yet, in one write (none of a lost trial)."""
         rows, self._rows = self._rows, []
         self._written = time.monotonic()
-        write_reports(rows)
+        self.lost |= write_reports(rows)

@@ -179,21 +179,38 @@ def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
 
 def _tell(
     study: optuna.Study, trial: optuna.Trial, finish: Callable[[], float], reports: Reports
-) -> TrialState:
+) -> TrialState | None:
     """Store the trial's reports, tell its end as ``finish`` gives it (a value, or
     TrialPruned).
 
     Call it inside ``_Deferred``: an interrupt between the attrs and the state would leave the
     trial RUNNING.
+
+    Returns:
+        The trial's state; None if it was lost: another process failed it meanwhile (its stale
+        check saw no heartbeat from here for the grace period, e.g. while this machine was
+        suspended) and queued its retry, which runs in its place.
     """
     reports.write()  # Optuna reads a pruned trial's last value from the storage
-    state, value = TrialState.COMPLETE, None
-    try:
-        value = finish()
-    except optuna.TrialPruned:
-        state = TrialState.PRUNED
-    study.tell(trial, value, state=state)
-    return state
+    if trial._trial_id not in reports.lost:
+        state, value = TrialState.COMPLETE, None
+        try:
+            try:
+                value = finish()
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            study.tell(trial, value, state=state)
+            return state
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            # Optuna raises these for a trial finished meanwhile; anything else goes on up.
+            if not study._storage.get_trial(trial._trial_id).state.is_finished():
+                raise
+    print(
+        f"trial {trial.number} was failed meanwhile by another process (no heartbeat from here "
+        "for the grace period); its retry runs in its place",
+        file=sys.stderr,
+    )
+    return None
 
 
 def _fail_all(
@@ -212,8 +229,8 @@ def run_one_trial(study: optuna.Study, objective: Objective, target: int) -> Tri
     """Ask for a trial, run it with a heartbeat if it holds a slot, tell the result.
 
     Returns:
-        The trial's final state (None: surplus). KeyboardInterrupt and errors fail the trial and
-        propagate.
+        The trial's final state (None: surplus, or lost to another process's stale check).
+        KeyboardInterrupt and errors fail the trial and propagate.
     """
     trial = _new_trial(study, target)
     if trial is None:
@@ -222,7 +239,9 @@ def run_one_trial(study: optuna.Study, objective: Objective, target: int) -> Tri
         return _train_and_tell(study, objective, trial)
 
 
-def _train_and_tell(study: optuna.Study, objective: Objective, trial: optuna.Trial) -> TrialState:
+def _train_and_tell(
+    study: optuna.Study, objective: Objective, trial: optuna.Trial
+) -> TrialState | None:
     """Train one created trial (its heartbeat already running) and tell its end."""
     reports = Reports()
     try:

@@ -347,21 +347,27 @@ def _upsert_dialect(storage: Any) -> Any:
 
 
 def _upsert(
-    trials: list[optuna.Trial], module: Any, model: Any, rows: list[dict[str, Any]], key: str
-) -> None:
+    trials: list[optuna.Trial],
+    module: Any,
+    model: Any,
+    rows: list[dict[str, Any]],
+    key: str,
+    skip_finished: bool = False,
+) -> set[int]:
     """One INSERT ... ON CONFLICT (trial_id, ``key``) DO UPDATE of ``rows`` and one commit,
-    after checking that every trial is still running (as Optuna's own writes do)."""
+    after checking that every trial is still running (as Optuna's own writes do).
+
+    Returns:
+        With ``skip_finished``, the ids of the trials found finished, whose rows were left out
+        (else such a trial raises UpdateFinishedTrialError).
+    """
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
     storage = trials[0].storage
     rdb = getattr(storage, "_backend", storage)
-    insert = module.insert(model).values(rows)
-    columns = {c: insert.excluded[c] for c in rows[0] if c not in ("trial_id", key)}
-    upsert = insert.on_conflict_do_update(
-        index_elements=[model.trial_id, getattr(model, key)], set_=columns
-    )
     ids = [t._trial_id for t in trials]
+    finished: set[int] = set()
     with _create_scoped_session(rdb.scoped_session, True) as session:
         states = dict(
             session.query(models.TrialModel.trial_id, models.TrialModel.state).filter(
@@ -371,8 +377,19 @@ def _upsert(
         for trial_id in ids:
             if trial_id not in states:
                 raise KeyError(f"No trial with trial_id {trial_id} exists.")
-            rdb.check_trial_is_updatable(trial_id, states[trial_id])
-        session.execute(upsert)
+            if skip_finished and states[trial_id].is_finished():
+                finished.add(trial_id)
+            else:
+                rdb.check_trial_is_updatable(trial_id, states[trial_id])
+        rows = [r for r in rows if r["trial_id"] not in finished]
+        if rows:
+            insert = module.insert(model).values(rows)
+            columns = {c: insert.excluded[c] for c in rows[0] if c not in ("trial_id", key)}
+            upsert = insert.on_conflict_do_update(
+                index_elements=[model.trial_id, getattr(model, key)], set_=columns
+            )
+            session.execute(upsert)
+    return finished
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -399,23 +416,31 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
-def write_reports(rows: Sequence[tuple[optuna.Trial, int, float]]) -> None:
+def write_reports(rows: Sequence[tuple[optuna.Trial, int, float]]) -> set[int]:
     """Store reported values, ``(trial, step, value)`` of running trials, in one statement and
     one commit (Optuna's ``trial.report`` makes a transaction of each).
 
     Only the storage is written: the reporter has already put each value in its trial (see
     :class:`study.objective.Reports`). A step stored before is overwritten.
+
+    Returns:
+        The ids of the trials found finished meanwhile (failed by another process whose stale
+        check saw their heartbeat late): their values are not written.
     """
     from optuna.storages._rdb import models
 
     if not rows:
-        return
+        return set()
     trials = list({id(t): t for t, _, _ in rows}.values())
     module = _upsert_dialect(trials[0].storage)
     if module is None:
+        lost = set()
         for trial, step, value in rows:
-            trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
-        return
+            try:
+                trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                lost.add(trial._trial_id)
+        return lost
     model = models.TrialIntermediateValueModel
     values = []
     for trial, step, value in rows:
@@ -428,7 +453,7 @@ def write_reports(rows: Sequence[tuple[optuna.Trial, int, float]]) -> None:
                 "intermediate_value_type": kind,
             }
         )
-    _upsert(trials, module, model, values, "step")
+    return _upsert(trials, module, model, values, "step", skip_finished=True)
 
 
 def _wait_for_space(storage: RDBStorage, study_name: str, timeout_s: float = 15.0) -> Any:

@@ -55,6 +55,15 @@ def test_smoke_study_runs_end_to_end_and_records_each_trial(workdir: Path) -> No
     assert "--trials 9" in attrs["command"] and attrs["versions"]["optuna"] == optuna.__version__
 
 
+def test_the_report_of_a_study_too_small_for_any_lr_star_is_written(workdir: Path) -> None:
+    # One trial per width: no width has the complete trials an lr* needs, and the figures with
+    # log axes have nothing to draw (matplotlib refused to save them).
+    args = ["--space", "smoke", "--trials", "3", "--workers", "1", "--quiet"]
+    assert main([*args, "--storage", "sqlite:///t.db", "--report-dir", "rep"]) == 0
+    for name in ("lr_star_vs_width.png", "isolation.png", "report.html"):
+        assert (workdir / "rep" / name).is_file(), name
+
+
 def test_default_storage_is_a_sqlite_file_in_the_current_folder(workdir: Path) -> None:
     assert _run("--space", "smoke", "--trials", "3") == 0
     assert (workdir / "studies.db").is_file()
@@ -234,6 +243,54 @@ def test_sigkill_mid_study_is_resumed_to_exactly_the_total(workdir: Path) -> Non
     assert len(stale) == killed  # the killed trials, failed by their stale heartbeat...
     retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
     assert retried == {t.number for t in stale}  # ...and each queued again
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_failed_meanwhile_by_another_process_is_dropped_and_its_retry_run(
+    workdir: Path,
+) -> None:
+    """A machine that stalls past the grace period (suspended, overloaded) finds its trial failed
+    by another process's stale check and its retry queued: it drops the trial and goes on."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from study.storage import claim_stale_trial
+
+    url = "sqlite:///m.db"
+    path = write_space(workdir, "slow", SLOW_SPACE.replace("epochs = 60", "epochs = 200"))
+    proc = spawn(
+        "--space", str(path), "--trials", "4", "--storage", url, "--stack", "1", cwd=workdir
+    )
+    lost: list[int] = []
+
+    def fail_a_running_trial() -> bool:  # what another process's stale check does
+        if proc.poll() is not None:
+            raise AssertionError("the run ended first:\n" + proc.stdout.read())
+        try:
+            study = load(url, "slow")
+        except KeyError:
+            return False
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.intermediate_values and claim_stale_trial(study, t._trial_id):  # mid-trial
+                RetryHeartbeatStaleTrialCallback(max_retry=3)(
+                    study, study._storage.get_trial(t._trial_id)
+                )
+                lost.append(t.number)
+                return True
+        return False
+
+    try:
+        wait_until(fail_a_running_trial, 120, "a running trial with reported epochs")
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert f"trial {lost[0]} was failed meanwhile by another process" in out, out
+    assert "Traceback" not in out
+    trials = load(url, "slow").trials
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == lost
+    assert [t.system_attrs.get("failed_trial") for t in trials].count(lost[0]) == 1  # retried
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
 def test_ctrl_c_stops_cleanly_with_the_summary(workdir: Path) -> None:

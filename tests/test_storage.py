@@ -146,9 +146,11 @@ def test_reports_are_stored_in_one_write_as_trial_report_stores_them(
         [t.intermediate_values for t in stored[4:]]
     )
     assert stored[0].intermediate_values == {1: 0.5, 2: 0.5}
+    # A trial finished meanwhile (another process failed it as stale) is lost, not written.
     reports.add(batch[0], 3, 1.0)
-    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        reports.write()
+    reports.add(alone[0], 3, 1.0)
+    reports.write()
+    assert reports.lost == {batch[0]._trial_id, alone[0]._trial_id}
     again = optuna.load_study(study_name=study.study_name, storage=storage).trials
     assert 3 not in again[0].intermediate_values
 
