@@ -153,7 +153,7 @@ class Reports:
     trial, not the storage) and to the storage in one write at most every ``every_s`` seconds
     and on :meth:`write`, which the runner calls before a trial is told.
 
-    A write per epoch was 1.8-2.1 ms a member-epoch of a stack in a two-process study, a third
+    A write per epoch was 1.8-2.0 ms a member-epoch of a stack in a two-process study, a third
     of width 32's epoch, and each write takes SQLite's one write lock, which the other process
     waits for. The dashboard shows a running trial's curve at most ``every_s`` late; a killed
     trial loses at most that much of its curve (it is failed and retried anyway).

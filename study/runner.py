@@ -161,7 +161,6 @@ def _ask(study: optuna.Study) -> optuna.Trial:
 def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
     """Ask for a trial and record its first heartbeat; None when it got no slot (surplus)."""
     with _Deferred() as held:
-        _fail_stale(study)
         trial = _ask(study)
         if is_heartbeat_enabled(study._storage):
             study._storage.record_heartbeat(trial._trial_id)  # stale from now on if we die

@@ -32,11 +32,11 @@ __all__ = [
     "heartbeatless_stale_trial_ids",
     "mask_url",
     "open_storage",
-    "write_reports",
     "require_existing",
     "set_user_attrs",
     "sqlite_path",
     "use_wal",
+    "write_reports",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
