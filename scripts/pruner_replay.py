@@ -30,6 +30,18 @@ from study.sampling import LR, WIDTH
 from study.space import PrunerConfig, Space, load_space
 
 
+def _epoch_seconds(study: optuna.Study) -> dict[int, float]:
+    """Training seconds per epoch of each width in the source study (its trials' ``seconds``)."""
+    seconds: dict[int, float] = {}
+    epochs: dict[int, int] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if WIDTH in t.params and "seconds" in t.user_attrs and t.intermediate_values:
+            w = int(t.params[WIDTH])
+            seconds[w] = seconds.get(w, 0.0) + float(t.user_attrs["seconds"])
+            epochs[w] = epochs.get(w, 0) + len(t.intermediate_values)
+    return {w: seconds[w] / epochs[w] for w in seconds}
+
+
 def _curves(study: optuna.Study) -> list[tuple[int, float, list[float], bool]]:
     """(width, lr, validation loss per epoch, diverged) of every finished trial."""
     out = []
@@ -51,14 +63,15 @@ def replay(
     pruner: PrunerConfig,
     curves: list[tuple[int, float, list[float], bool]],
     order: Sequence[int],
-) -> tuple[optuna.Study, int]:
-    """Feed ``curves`` in ``order`` to the space's pruner set to ``pruner``; (study, epochs)."""
+) -> tuple[optuna.Study, list[int]]:
+    """Feed ``curves`` in ``order`` to the space's pruner set to ``pruner``; (study, epochs
+    each curve ran, in the order of ``curves``)."""
     run_space = dataclasses.replace(space, pruner=pruner)
     study = optuna.create_study(
         sampler=optuna.samplers.RandomSampler(seed=0), pruner=build_pruner(run_space)
     )
     widths = list(space.model.widths)
-    epochs = 0
+    ran = [0] * len(curves)
     for i in order:
         width, lr, curve, diverged = curves[i]
         study.enqueue_trial({WIDTH: width, LR: lr})
@@ -68,7 +81,7 @@ def replay(
         stopped = False
         for epoch, value in enumerate(curve, start=1):
             trial.report(value, epoch)
-            epochs += 1
+            ran[i] += 1
             if epoch < len(curve) and trial.should_prune():
                 stopped = True
                 break
@@ -80,7 +93,7 @@ def replay(
             study.tell(trial, state=TrialState.PRUNED)
         else:
             study.tell(trial, best)
-    return study, epochs
+    return study, ran
 
 
 def _lr_star(space: Space, trials: list[optuna.trial.FrozenTrial]) -> dict[int, float | None]:
@@ -101,12 +114,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--orderings", type=int, default=20)
     p.add_argument("--percentiles", default="50,75", help="pruner percentiles to try (50: median)")
     p.add_argument("--warmups", default="3,5,10", help="n_warmup_steps to try")
+    p.add_argument(
+        "--protects",
+        default="0",
+        help="protect_log2 values to try (0: off; never prune near the width's best lr)",
+    )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = load_space(args.space)
     source = optuna.load_study(study_name=args.study_name, storage=args.storage)
     curves = _curves(source)
     full_epochs = sum(len(c[2]) for c in curves)
+    per_epoch = _epoch_seconds(source)
+    # Training time of a replay: each epoch it ran at its width's measured seconds per epoch.
+    cost = [per_epoch.get(c[0], math.nan) for c in curves]
+    full_time = sum(len(c[2]) * k for c, k in zip(curves, cost, strict=True))
     reference = _lr_star(space, source.get_trials(deepcopy=False))
     widths = list(space.model.widths)
     rng = np.random.default_rng(0)
@@ -116,30 +138,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lr* move (log2, pruned - unpruned estimate) per width: median over the orderings "
         "(+: pruning moves lr* up) / largest |move|"
     )
-    print(f"{'setting':<26} {'epochs':>7}  " + "  ".join(f"{w:>10}" for w in widths))
+    print(
+        "epochs: share of the unpruned epochs run; time: of their training time "
+        "(each width's seconds per epoch as measured in the source study)"
+    )
+    print(f"{'setting':<38} {'epochs':>6} {'time':>5}  " + "  ".join(f"{w:>10}" for w in widths))
     settings = [
-        (float(q), int(w)) for q in args.percentiles.split(",") for w in args.warmups.split(",")
+        (float(q), int(w), float(k))
+        for q in args.percentiles.split(",")
+        for w in args.warmups.split(",")
+        for k in args.protects.split(",")
     ]
-    for percentile, warmup in settings:
+    for percentile, warmup, protect in settings:
         cfg = dataclasses.replace(
-            space.pruner, name="percentile", percentile=percentile, n_warmup_steps=warmup
+            space.pruner,
+            name="percentile",
+            percentile=percentile,
+            n_warmup_steps=warmup,
+            per_width=True,
+            protect_log2=protect,
         )
         moves: dict[int, list[float]] = {w: [] for w in widths}
-        used = []
+        used, spent = [], []
         for order in orders:
-            study, epochs = replay(space, cfg, curves, order)
-            used.append(epochs)
+            study, ran = replay(space, cfg, curves, order)
+            used.append(sum(ran))
+            spent.append(sum(n * k for n, k in zip(ran, cost, strict=True)))
             for w, v in _lr_star(space, study.get_trials(deepcopy=False)).items():
                 ref = reference.get(w)
                 if v and ref:
                     moves[w].append(math.log2(v / ref))
         share = float(np.mean(used)) / full_epochs
+        time_share = float(np.mean(spent)) / full_time
         cells = [
             f"{np.median(moves[w]):+5.2f}/{max(np.abs(moves[w])):4.2f}" if moves[w] else "-"
             for w in widths
         ]
         name = f"percentile {percentile:g}, warmup {warmup}"
-        print(f"{name:<26} {share:7.0%}  " + "  ".join(f"{c:>10}" for c in cells))
+        if protect:
+            name += f", protect {protect:g}"
+        print(f"{name:<38} {share:6.0%} {time_share:5.0%}  " + "  ".join(f"{c:>10}" for c in cells))
     return 0
 
 

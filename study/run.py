@@ -84,7 +84,7 @@ def build_pruner(space: Space) -> optuna.pruners.BasePruner:
             max_resource=space.training.epochs,
             reduction_factor=p.reduction_factor,
         )
-    return PerWidthPruner(pruner) if p.per_width else pruner
+    return PerWidthPruner(pruner, protect_log2=p.protect_log2) if p.per_width else pruner
 
 
 def run_seed(space: Space, n_existing: int, worker: int = 0) -> int:

@@ -204,10 +204,17 @@ class PerWidthPruner(BasePruner):
             storage for its brackets, which would otherwise bypass the width filter).
             Successive halving and Hyperband read the study live (they look at running trials).
         max_age_s: the oldest a snapshot may be when a trial already seen asks again.
+        protect_log2: a trial whose lr lies within this many log2 units of the lr of its
+            width's best COMPLETE trial is never pruned (0: off). lr* is fitted to the complete
+            trials near the best one, so these are the trials the answer rests on; the ones
+            pruned are those far from every good lr, whose loss enters no fit.
     """
 
-    def __init__(self, pruner: BasePruner, max_age_s: float = 5.0) -> None:
+    def __init__(
+        self, pruner: BasePruner, max_age_s: float = 5.0, protect_log2: float = 0.0
+    ) -> None:
         self._pruner = pruner
+        self._protect_log2 = protect_log2
         self._hyperbands: dict[Any, HyperbandPruner] = {}
         self._max_age_s = max_age_s
         self._snapshot: dict[Any, list[FrozenTrial]] = {}
@@ -243,6 +250,20 @@ class PerWidthPruner(BasePruner):
         return self._snapshot.get(trial.params.get(WIDTH), [])
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return self._prune(study, trial) and not self._protected(study, trial)
+
+    def _protected(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """The trial's lr is within ``protect_log2`` of its width's best complete trial's."""
+        lr = trial.params.get(LR)
+        if self._protect_log2 <= 0 or lr is None:
+            return False
+        done = [t for t in self._completed(study, trial) if LR in t.params]
+        if not done:
+            return False
+        best = min(done, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
+        return abs(math.log2(lr / best.params[LR])) <= self._protect_log2
+
+    def _prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         width = trial.params.get(WIDTH)
         if isinstance(self._pruner, PercentilePruner):
             view: _WidthView = _SnapshotView(study, self._completed(study, trial))

@@ -182,6 +182,11 @@ class PrunerConfig:
     # its width's completed trials at the same epoch (50 is the median pruner; 75 prunes only
     # the worst quarter and moves lr* less: scripts/pruner_replay.py).
     percentile: float = 50.0
+    # Never prune a trial whose lr lies within this many log2 units of its width's best COMPLETE
+    # trial (0: off; needs per_width). The report fits lr* to the complete trials within 2 log2
+    # of the best one, so such a trial may enter the fit: a replay of unpruned curves
+    # (scripts/pruner_replay.py) moved lr* far less with 2 than without, for the same epochs.
+    protect_log2: float = 0.0
     # successive_halving and hyperband: first rung (epochs) and the reduction factor.
     min_resource: int = 1
     reduction_factor: int = 3
@@ -192,6 +197,16 @@ class PrunerConfig:
         _require(self.min_resource >= 1, "min_resource", "must be a positive integer")
         _require(self.reduction_factor >= 2, "reduction_factor", "must be at least 2")
         _require(0 < self.percentile < 100, "percentile", "must be in (0, 100)")
+        _require(
+            self.protect_log2 >= 0 and math.isfinite(self.protect_log2),
+            "protect_log2",
+            "must be a non-negative number (log2 units of lr; 0 turns it off)",
+        )
+        _require(
+            self.protect_log2 == 0 or self.per_width,
+            "protect_log2",
+            "needs per_width = true (a trial is protected near its own width's best)",
+        )
 
 
 @dataclass(frozen=True)
@@ -233,8 +248,9 @@ class Space:
         d = _jsonable(dataclasses.asdict(self))
         # Added after studies were stored: left out at its default, so that their spaces (and
         # fingerprints) still compare equal and they resume.
-        if d["pruner"]["percentile"] == 50.0:
-            del d["pruner"]["percentile"]
+        for key, default in (("percentile", 50.0), ("protect_log2", 0.0)):
+            if d["pruner"][key] == default:
+                del d["pruner"][key]
         return d
 
     def fingerprint(self) -> str:

@@ -155,6 +155,45 @@ def test_percentile_pruner_prunes_only_the_worst_part_of_a_width(tmp_path: Path)
     assert _candidate_is_pruned(study(build_pruner(median)), 3.0)
 
 
+def _protection_study(pruner: optuna.pruners.BasePruner, lr: float) -> bool:
+    """Width 8's best complete trial ran at lr 1e-3; is a poor trial at ``lr`` pruned?"""
+    study = optuna.create_study(pruner=pruner)
+    for trial_lr, value in ((1e-3, 0.5), (1e-2, 1.0), (1e-1, 2.0), (1e-4, 2.5)):
+        study.add_trial(
+            create_trial(
+                params={"width": 8, "lr": trial_lr},
+                distributions=DISTS,
+                value=value,
+                intermediate_values={1: value},
+                system_attrs={"completed_rung_0": value},  # successive halving's record
+            )
+        )
+    study.enqueue_trial({"width": 8, "lr": lr})
+    trial = study.ask()
+    trial.suggest_categorical("width", WIDTHS)
+    trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    trial.report(3.0, 1)  # worse than every complete trial of its width
+    return trial.should_prune()
+
+
+@pytest.mark.parametrize("inner", ["median", "successive_halving"])
+def test_a_trial_near_its_widths_best_lr_is_never_pruned(inner: str, tmp_path: Path) -> None:
+    text = (
+        "[model]\nwidths = [8, 64, 512]\n[lr]\nlow = 1e-4\nhigh = 1.0\n"
+        f"[pruner]\nname = '{inner}'\nn_startup_trials = 1\nn_warmup_steps = 0\n"
+        "reduction_factor = 2\nprotect_log2 = 2\n"
+    )
+    space = load_space(str(write_space(tmp_path, "protect", text)))
+    off = dataclasses.replace(space, pruner=dataclasses.replace(space.pruner, protect_log2=0.0))
+    # 2e-3 is 1 log2 unit from the best trial's 1e-3, 4e-3 is 2: both protected
+    assert not _protection_study(build_pruner(space), 2e-3)
+    assert not _protection_study(build_pruner(space), 4e-3)
+    # 0.1 and 1e-4 are 6.6 and 3.3 log2 units away: pruned, as without protection
+    assert _protection_study(build_pruner(space), 0.1)
+    assert _protection_study(build_pruner(space), 1e-4)
+    assert _protection_study(build_pruner(off), 2e-3)
+
+
 def test_successive_halving_compares_only_within_a_width() -> None:
     sh = dict(min_resource=1, reduction_factor=3, min_early_stopping_rate=0)
     study_wide = _pruning_study(

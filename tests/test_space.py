@@ -74,17 +74,28 @@ BAD = {
         VALID + "[pruner]\nname = 'percentile'\npercentile = 100\n",
         "pruner.percentile: must be in (0, 100)",
     ),
+    "negative_protect": (
+        VALID + "[pruner]\nprotect_log2 = -1\n",
+        "pruner.protect_log2: must be a non-negative number",
+    ),
+    "protect_without_per_width": (
+        VALID + "[pruner]\nper_width = false\nprotect_log2 = 2\n",
+        "pruner.protect_log2: needs per_width = true",
+    ),
 }
 
 
-def test_spaces_without_the_percentile_field_keep_their_stored_form(workdir: Path) -> None:
-    """Studies stored before pruner.percentile existed must still compare equal and resume."""
+def test_spaces_without_the_later_pruner_fields_keep_their_stored_form(workdir: Path) -> None:
+    """Studies stored before pruner.percentile and pruner.protect_log2 existed must still
+    compare equal and resume."""
     plain = load_space(str(write_space(workdir, "plain", VALID)))
     assert "percentile" not in plain.to_dict()["pruner"]
-    p75 = load_space(
-        str(write_space(workdir, "p75", VALID + "[pruner]\nname = 'percentile'\npercentile = 75\n"))
-    )
+    assert "protect_log2" not in plain.to_dict()["pruner"]
+    text = VALID + "[pruner]\nname = 'percentile'\npercentile = 75\nprotect_log2 = 1.5\n"
+    p75 = load_space(str(write_space(workdir, "p75", text)))
     assert p75.to_dict()["pruner"]["percentile"] == 75
+    assert p75.to_dict()["pruner"]["protect_log2"] == 1.5
+    assert p75.fingerprint() != load_space(str(write_space(workdir, "p", VALID))).fingerprint()
     assert load_space("mlp_digits").pruner.percentile == 75
 
 
