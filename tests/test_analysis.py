@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from study.analysis import analyze, estimate_lr_star, points_from_trials
+from study.analysis import Point, analyze, estimate_lr_star, points_from_trials
 
 WIDTHS = [32, 64, 128, 256, 512, 1024]
 LOW, HIGH = 1e-5, 1.0
@@ -126,3 +126,22 @@ def test_falls_back_to_the_argmin_when_the_fit_is_not_convex() -> None:
     y = np.array([1.0, 0.5, 0.9]) * -1  # concave: argmin at an end
     x_star, method = estimate_lr_star(x, y, window_log2=2.0)
     assert method == "argmin" and x_star == -7.0 or x_star in (-8.0, -6.0)
+
+
+@pytest.mark.parametrize("shape", ["quartic", "flat_bottom"])
+def test_the_middle_of_a_flat_noisy_valley_is_found(shape: str) -> None:
+    """Real valleys are flat at the bottom (lrs 1-2 log2 apart end within a few percent), so the
+    best trial is a coin toss among them; the estimate must find the valley's middle anyway.
+    With a fit window of 2 log2 (the earlier default) it was within 0.5 of it in 66% and 49% of
+    these planted studies."""
+    hits = 0
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        x = -9 + 3 * rng.standard_normal(30)  # trials gathered around the optimum, as by TPE
+        d = x + 9
+        bottom = 0.004 * d**4 if shape == "quartic" else 0.15 * np.maximum(0, abs(d) - 1.5) ** 2
+        values = 0.07 * np.exp(bottom + 0.05 * rng.standard_normal(30))
+        points = [Point(32, 2.0**a, float(v), "complete") for a, v in zip(x, values, strict=True)]
+        fit = analyze(points, [32], (LOW, HIGH), n_bootstrap=1)
+        hits += abs(math.log2(fit.widths[0].lr_star) + 9) <= 0.5
+    assert hits >= 190, f"{hits}/200 within 0.5 log2 of the valley's middle"

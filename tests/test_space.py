@@ -96,7 +96,7 @@ def test_spaces_without_the_later_pruner_fields_keep_their_stored_form(workdir: 
     assert p75.to_dict()["pruner"]["percentile"] == 75
     assert p75.to_dict()["pruner"]["protect_log2"] == 1.5
     assert p75.fingerprint() != load_space(str(write_space(workdir, "p", VALID))).fingerprint()
-    assert load_space("mlp_digits").pruner.percentile == 75
+    assert load_space("mlp_digits").pruner.protect_log2 == 4
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
