@@ -173,10 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k, e in errors.items():
         e_arr = np.abs(np.array(e))
         spread = [float(np.std(v)) for v in per_width[k].values() if len(v) > 1]
+        between = f"sd per width {np.mean(spread):.2f} (mean)" if spread else "-"
         print(
             f"window {k:g}: mean |error| {e_arr.mean():.2f}, largest {e_arr.max():.2f}, "
             f"mean error {np.mean(e):+.2f}, within 0.5 log2: {np.mean(e_arr <= 0.5):.0%} "
-            f"of {len(e)}; between studies, sd per width {np.mean(spread):.2f} (mean)"
+            f"of {len(e)}; between studies, {between}"
         )
     return 0
 
