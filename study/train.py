@@ -19,7 +19,15 @@ from study.data import Dataset
 from study.model import Model, build_model, count_parameters, param_groups
 from study.space import Space
 
-__all__ = ["EpochResult", "FusedOptimizer", "TrainResult", "fused_adam", "make_optimizer", "train"]
+__all__ = [
+    "EpochResult",
+    "FusedOptimizer",
+    "MLPStep",
+    "TrainResult",
+    "fused_adam",
+    "make_optimizer",
+    "train",
+]
 
 # Devices where torch.optim has fused Adam/AdamW/SGD kernels.
 FUSED_DEVICES = ("cpu", "cuda")
@@ -186,6 +194,66 @@ def make_optimizer(space: Space, model: Model, lr: float) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, **kw)
 
 
+class MLPStep:
+    """An MLP's loss and gradients computed by hand: the ops autograd runs for
+    ``cross_entropy(model(x), y).backward()``, called directly, with each gradient written into
+    a buffer that lives as long as the model (``p.grad``), so the result is autograd's bit for
+    bit (a test checks it, SP and muP).
+
+    Autograd's bookkeeping and a fresh gradient tensor per parameter per step cost 7% of an
+    epoch at width 1024 and 11% at 512 on one CPU thread (89.0 -> 83.0 ms, 28.8 -> 25.7 ms, best
+    of 5 alternating epochs). ``zero_grad`` is not needed: every step overwrites every gradient.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.linears = [m for m in model.hidden if isinstance(m, nn.Linear)]
+        if not self.supports(model):
+            raise ValueError("MLPStep needs an MLP: (Linear, ReLU) blocks, then the output")
+        self.out = model.out
+        self.mult = model.width_mult if model.mup else None
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+
+    @staticmethod
+    def supports(model: Model) -> bool:
+        """An MLP with biases: (Linear, ReLU) blocks, then the output layer."""
+        blocks = list(model.hidden)
+        pairs = list(zip(blocks[::2], blocks[1::2], strict=False))
+        return (
+            bool(blocks)
+            and len(blocks) == 2 * len(pairs)
+            and all(isinstance(a, nn.Linear) and isinstance(b, nn.ReLU) for a, b in pairs)
+            and all(a.bias is not None for a, _ in pairs)
+            and model.out.bias is not None
+        )
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The minibatch's mean cross-entropy; the gradients are in the parameters' ``grad``."""
+        acts = [x]
+        for lin in self.linears:
+            acts.append(torch.relu(torch.addmm(lin.bias, acts[-1], lin.weight.t())))
+        z = acts[-1] if self.mult is None else acts[-1] / self.mult
+        logits = torch.addmm(self.out.bias, z, self.out.weight.t())
+        logp = torch._log_softmax(logits, 1, False)
+        loss, total = torch.ops.aten.nll_loss_forward(logp, y, None, 1, -100)
+        g = torch.ops.aten.nll_loss_backward(torch.ones_like(loss), logp, y, None, 1, -100, total)
+        g = torch._log_softmax_backward_data(g, logp, 1, logits.dtype)
+        torch.mm(g.t(), z, out=self.out.weight.grad)
+        torch.sum(g, 0, keepdim=True, out=self.out.bias.grad.view(1, -1))
+        g = g.mm(self.out.weight)
+        if self.mult is not None:
+            g = g / self.mult
+        for i in range(len(self.linears) - 1, -1, -1):
+            lin = self.linears[i]
+            g = torch.ops.aten.threshold_backward(g, acts[i + 1], 0)
+            torch.mm(g.t(), acts[i], out=lin.weight.grad)
+            torch.sum(g, 0, keepdim=True, out=lin.bias.grad.view(1, -1))
+            if i:
+                g = g.mm(lin.weight)
+        return loss
+
+
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
     with torch.no_grad():
         logits = model(x)
@@ -221,6 +289,8 @@ def train(
     )
     optimizer = make_optimizer(space, model, lr)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
+    # On CPU an MLP's step is computed by hand (autograd's ops and result, less its overhead).
+    mlp_step = MLPStep(model) if device.type == "cpu" and MLPStep.supports(model) else None
     cfg = space.training
     plateau = None
     if cfg.schedule == "plateau":
@@ -258,9 +328,12 @@ def train(
         n_batches = 0
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if mlp_step is not None:
+                loss = mlp_step(data.x_train[idx], data.y_train[idx])
+            else:
+                loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
             n_batches += 1

@@ -14,7 +14,7 @@ from torch import nn
 from study.data import load_dataset
 from study.model import build_model, param_groups
 from study.space import load_space
-from study.train import FusedOptimizer, make_optimizer, train
+from study.train import FusedOptimizer, MLPStep, make_optimizer, train
 from tests.conftest import REPO, write_space
 
 
@@ -121,3 +121,43 @@ def test_a_trial_does_not_import_torch_dynamo() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "optimizer,parametrization,extra",
+    [
+        ("adam", "sp", ""),
+        ("adam", "mup", ""),
+        ("sgd", "mup", "schedule = 'cosine'\n"),
+        ("adamw", "sp", "schedule = 'plateau'\n"),
+    ],
+)
+def test_the_hand_computed_mlp_step_trains_as_autograd_bit_for_bit(
+    optimizer: str,
+    parametrization: str,
+    extra: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    space = _space(tmp_path, optimizer, parametrization, extra)
+    data = load_dataset(space.dataset, space.seed)
+    hand = train(space, data, 64, 3e-3, seed=5)
+    with monkeypatch.context() as m:
+        m.setattr(MLPStep, "__call__", lambda *a: pytest.fail("the hand step ran"))
+        with pytest.raises(pytest.fail.Exception):
+            train(space, data, 64, 3e-3, seed=5)  # the hand step is what trains an MLP on CPU
+    monkeypatch.setattr(MLPStep, "supports", staticmethod(lambda model: False))
+    auto = train(space, data, 64, 3e-3, seed=5)
+    assert hand.curve == auto.curve  # exact: the same ops in the same order
+    assert (hand.final_train_loss, hand.best_val_loss) == (
+        auto.final_train_loss,
+        auto.best_val_loss,
+    )
+
+
+def test_the_hand_step_refuses_a_model_that_is_not_an_mlp() -> None:
+    space = load_space("cnn_digits")
+    model = build_model(space.model, 8, 64, 10, (8, 8))
+    assert not MLPStep.supports(model)
+    with pytest.raises(ValueError, match="needs an MLP"):
+        MLPStep(model)
