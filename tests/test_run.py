@@ -311,3 +311,24 @@ def test_ctrl_c_stops_cleanly_with_the_summary(workdir: Path) -> None:
     assert "interrupted" in out and "best value" in out  # the summary table
     assert "Traceback" not in out
     assert _states(url, "slow")[TrialState.RUNNING] == 0
+
+
+def test_the_objective_runs_in_a_plain_optuna_optimize(workdir: Path) -> None:
+    """``study.objective.Objective`` is an ordinary Optuna objective too: a user's own
+    ``study.optimize`` on an SQLite file gets trials with the tool's params, values, curves and
+    attributes."""
+    from study.objective import Objective
+    from study.space import load_space
+
+    space = load_space("smoke")
+    study = optuna.create_study(storage="sqlite:///plain.db", study_name="plain")
+    study.optimize(Objective(space, torch.device("cpu")), n_trials=4)
+    trials = load("sqlite:///plain.db", "plain").trials
+    assert [t.state for t in trials].count(TrialState.FAIL) == 0
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert done, [t.state for t in trials]
+    for t in done:
+        assert set(t.params) == {"width", "lr"} and t.params["width"] in (8, 16, 32)
+        assert sorted(t.intermediate_values) == [1, 2, 3]  # every epoch stored
+        assert t.value == min(t.intermediate_values.values()) == t.user_attrs["best_val_loss"]
+        assert t.user_attrs["epochs_run"] == 3 and t.user_attrs["diverged"] is False
