@@ -180,12 +180,13 @@ class PrunerConfig:
     n_warmup_steps: int = 5
     # percentile: a trial is pruned when its best loss so far is worse than this percentile of
     # its width's completed trials at the same epoch (50 is the median pruner; 75 prunes only
-    # the worst quarter and moves lr* less: scripts/pruner_replay.py).
+    # the worst quarter; 25 all but the best quarter: scripts/pruner_replay.py).
     percentile: float = 50.0
     # Never prune a trial whose lr lies within this many log2 units of its width's best COMPLETE
-    # trial (0: off; needs per_width). The report fits lr* to the complete trials within 2 log2
-    # of the best one, so such a trial may enter the fit: a replay of unpruned curves
-    # (scripts/pruner_replay.py) moved lr* far less with 2 than without, for the same epochs.
+    # trial (0: off; needs per_width). The report fits lr* to the complete trials within 4 log2
+    # of the best one (analysis.WINDOW_LOG2), so such a trial may enter the fit: in a replay of
+    # unpruned curves (scripts/pruner_replay.py) no width's lr* moved by more than 0.18 log2
+    # with 4, against up to 2 without.
     protect_log2: float = 0.0
     # successive_halving and hyperband: first rung (epochs) and the reduction factor.
     min_resource: int = 1
