@@ -13,24 +13,12 @@ import pytest
 
 from study.run import main
 from tests.conftest import REPO, write_space
+from tests.test_pruner_replay import SPACE as REPLAY_SPACE
 
 sys.path.insert(0, str(REPO / "scripts"))
 from lr_grid import grid_vertex, valley_middle  # noqa: E402
 
-SPACE = """
-[model]
-widths = [8, 32]
-[lr]
-low = 1e-4
-high = 1.0
-[training]
-epochs = 3
-batch_size = 256
-[pruner]
-name = "none"
-[sampler]
-name = "random"
-"""
+SPACE = REPLAY_SPACE.replace("epochs = 6", "epochs = 3")  # widths 8 and 32, no pruning
 
 
 def test_the_valley_middle_is_the_middle_of_the_lrs_near_the_lowest_loss() -> None:
