@@ -35,16 +35,20 @@ from study.runner import (
     start_method,
 )
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
-from study.space import Space, load_space
+from study.space import Space, load_space, space_diff, space_from_dict
 from study.storage import (
     DEFAULT_STORAGE,
     create_or_load_study,
     dashboard_url,
     mask_url,
     open_storage,
+    stored_space,
 )
 
 __all__ = ["build_pruner", "build_sampler", "cli", "main"]
+
+# The space of a new study when --space is not given.
+DEFAULT_SPACE = "mlp_digits"
 
 
 def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
@@ -179,7 +183,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m study.run",
         description="Run (or resume) a width x learning-rate study.",
     )
-    p.add_argument("--space", default="mlp_digits", help="shipped space name or .toml path")
+    p.add_argument(
+        "--space",
+        default=None,
+        help=f"shipped space name or .toml path (default: the study's own space when the study "
+        f"exists, else {DEFAULT_SPACE})",
+    )
     p.add_argument(
         "--trials", type=int, default=200, help="total trials the study should hold (default 200)"
     )
@@ -259,11 +268,17 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
             raise UserError(f"--threads must be a positive integer, got {args.threads}")
         if args.heartbeat < 1:
             raise UserError(f"--heartbeat must be a positive integer, got {args.heartbeat}")
-        space = load_space(args.space)
+        space = load_space(args.space or DEFAULT_SPACE)
         device = resolve_device(args.device)
         study_name = args.study_name or space.name
         storage = open_storage(args.storage, heartbeat_s=args.heartbeat)
         opened.append(storage)
+        # Without --space an existing study runs on the space it stored, so the same command
+        # resumes it after the shipped space changed (a new version of the tool).
+        stored = None if args.space else stored_space(storage, study_name)
+        shipped = space
+        if stored is not None:
+            space = space_from_dict(stored)
         n_existing = _count_existing(storage, study_name)
         study, created = create_or_load_study(
             storage,
@@ -288,7 +303,9 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
         workers = default_workers(device, args.threads, left)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     shown = mask_url(args.storage)
-    resume = ["python", "-m", "study.run", "--space", args.space, "--trials", str(args.trials)]
+    resume = ["python", "-m", "study.run", "--trials", str(args.trials)]
+    if args.space:
+        resume[3:3] = ["--space", args.space]
     if args.storage != DEFAULT_STORAGE:
         resume += ["--storage", shown]
     if args.study_name:
@@ -302,6 +319,9 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
         f"lr {space.lr.low:g}..{space.lr.high:g}, {space.optimizer.name}, "
         f"{space.training.epochs} epochs, device {device}"
     )
+    if stored is not None and space.fingerprint() != shipped.fingerprint():
+        differ = ", ".join(space_diff(stored, shipped.to_dict()))
+        say(f"           the study's own space; the shipped {shipped.name} differs in: {differ}")
     say(f"dashboard: optuna-dashboard {dashboard_url(args.storage)}")
     say(f"resume:    {shlex.join(resume)}")
 
@@ -321,7 +341,7 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
         else:
             configs = [
                 WorkerConfig(
-                    args.space,
+                    space.to_dict(),
                     args.storage,
                     study_name,
                     args.trials,

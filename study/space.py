@@ -35,6 +35,7 @@ __all__ = [
     "load_space",
     "resolve_space_path",
     "space_diff",
+    "space_from_dict",
 ]
 
 
@@ -415,6 +416,24 @@ def load_space(name_or_path: str) -> Space:
         return _build(Space, table, "")
     except _FieldError as e:
         raise SpaceError(f"{shown}: {e.key}: {e.message}") from None
+
+
+def space_from_dict(stored: dict[str, Any]) -> Space:
+    """The space a study stored (:meth:`Space.to_dict`), rebuilt: its ``to_dict`` is ``stored``.
+
+    Raises:
+        SpaceError: the dict is not a space this version can read (one line, as for a file).
+    """
+
+    def drop_none(d: Any) -> Any:  # TOML has no null: a None is a field left at its default
+        if isinstance(d, dict):
+            return {k: drop_none(v) for k, v in d.items() if v is not None}
+        return d
+
+    try:
+        return _build(Space, drop_none(stored), "")
+    except _FieldError as e:
+        raise SpaceError(f"the study's stored space: {e.key}: {e.message}") from None
 
 
 def _display_path(path: Path) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "require_existing",
     "set_user_attrs",
     "sqlite_path",
+    "stored_space",
     "use_wal",
     "write_reports",
 ]
@@ -468,6 +469,16 @@ def _wait_for_space(storage: RDBStorage, study_name: str, timeout_s: float = 15.
     return None
 
 
+def stored_space(storage: optuna.storages.BaseStorage, study_name: str) -> dict[str, Any] | None:
+    """The space a study of this tool stored, or None (no such study, or not made here)."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return None
+    space = storage.get_study_user_attrs(study_id).get("space")
+    return space if isinstance(space, dict) else None
+
+
 def create_or_load_study(
     storage: RDBStorage,
     study_name: str,
@@ -499,7 +510,7 @@ def create_or_load_study(
         if differ:
             raise UserError(
                 f"study {study_name!r} holds another space (differs in: {', '.join(differ)}); "
-                "run with its space or choose a new --study-name"
+                "leave out --space to run it on its own space, or choose a new --study-name"
             )
         study = optuna.load_study(
             study_name=study_name, storage=storage, sampler=sampler, pruner=pruner

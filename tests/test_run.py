@@ -332,3 +332,27 @@ def test_the_objective_runs_in_a_plain_optuna_optimize(workdir: Path) -> None:
         assert sorted(t.intermediate_values) == [1, 2, 3]  # every epoch stored
         assert t.value == min(t.intermediate_values.values()) == t.user_attrs["best_val_loss"]
         assert t.user_attrs["epochs_run"] == 3 and t.user_attrs["diverged"] is False
+
+
+def test_the_same_command_resumes_a_study_after_the_shipped_space_changed(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A study made by an earlier version, whose shipped mlp_digits was another space, resumes
+    with the same command: without --space it runs on the space it stored (workers too)."""
+    old = "[model]\nwidths = [8, 16]\n[lr]\nlow = 1e-3\nhigh = 1e-1\n[training]\nepochs = 2\n"
+    path = write_space(workdir, "old_mlp_digits", old)
+    made = ["--space", str(path), "--study-name", "mlp_digits", "--trials", "3", "--workers", "1"]
+    assert main([*made, "--no-report", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["--trials", "6", "--workers", "2", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "the study's own space; the shipped mlp_digits differs in: " in out, out
+    assert "resume:    python -m study.run --trials 6 --workers 2\n" in out, out
+    trials = load("sqlite:///studies.db", "mlp_digits").trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6 and {t.params["width"] for t in trials} <= {8, 16}
+    assert all(t.user_attrs["epochs_run"] <= 2 for t in finished)  # the stored space's epochs
+    # Naming the shipped space is refused, saying how to go on.
+    assert main(["--space", "mlp_digits", "--trials", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "leave out --space to run it on its own space" in err, err
