@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from study._errors import SpaceError
 from study.run import main
-from study.space import available_spaces, load_space
+from study.space import available_spaces, load_space, space_from_dict
 from tests.conftest import write_space
 
 VALID = """
@@ -118,3 +120,21 @@ def test_unknown_space_name_lists_the_shipped_ones(capsys: pytest.CaptureFixture
     assert main(["--space", "no_such_space", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "unknown space 'no_such_space'" in err and "mlp_digits" in err
+
+
+@pytest.mark.parametrize("name", available_spaces())
+def test_a_stored_space_is_rebuilt_exactly(name: str) -> None:
+    """A study resumed without --space runs on the space it stored: the rebuilt space must be
+    the stored one, field for field (its fingerprint too)."""
+    space = load_space(name)
+    rebuilt = space_from_dict(json.loads(json.dumps(space.to_dict())))  # as the storage keeps it
+    assert rebuilt == space and rebuilt.fingerprint() == space.fingerprint()
+
+
+def test_a_stored_space_this_version_cannot_read_is_one_line() -> None:
+    stored = load_space("smoke").to_dict()
+    stored["pruner"]["patience"] = 3  # a key of some other version
+    with pytest.raises(
+        SpaceError, match=r"^the study's stored space: pruner.patience: unknown key"
+    ):
+        space_from_dict(stored)
