@@ -27,30 +27,33 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from study.space import Space, load_space
 
 _SPACE: Space | None = None
+_DATA: Any = None  # the space's dataset, loaded once per worker process
 
 
 def _init(space_name: str) -> None:
     import torch
 
-    global _SPACE
+    from study.data import load_dataset
+
+    global _SPACE, _DATA
     torch.set_num_threads(1)
     _SPACE = load_space(space_name)
+    _DATA = load_dataset(_SPACE.dataset, _SPACE.seed, "cpu")
 
 
 def _run(job: tuple[int, float, int]) -> tuple[int, float, int, float]:
-    from study.data import load_dataset
     from study.train import train
 
     assert _SPACE is not None
     width, lr, seed = job
-    data = load_dataset(_SPACE.dataset, _SPACE.seed, "cpu")
-    r = train(_SPACE, data, width, lr, seed)
+    r = train(_SPACE, _DATA, width, lr, seed)
     value = r.best_val_loss if not r.diverged and math.isfinite(r.best_val_loss) else math.inf
     return width, lr, seed, value
 
@@ -71,21 +74,19 @@ def grid_vertex(log2_lrs: np.ndarray, mean_log_loss: np.ndarray) -> float:
 
 
 def _study_points(url: str, name: str, widths: list[int]) -> dict[int, tuple[np.ndarray, ...]]:
+    """(log2 lr, log loss) of each width's complete trials, as the report's estimator takes them."""
     import optuna
-    from optuna.trial import TrialState
 
-    from study.sampling import LR, WIDTH
+    from study.analysis import points_from_trials
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=name, storage=url)
+    points = points_from_trials(optuna.load_study(study_name=name, storage=url).trials)
     out = {}
     for w in widths:
         pts = [
-            (t.params[LR], t.value)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.params.get(WIDTH) == w and t.value is not None and 0 < t.value < math.inf
+            p for p in points if p.width == w and p.state == "complete" and 0 < p.value < math.inf
         ]
-        out[w] = (np.log2([p[0] for p in pts]), np.log([p[1] for p in pts]))
+        out[w] = (np.log2([p.lr for p in pts]), np.log([p.value for p in pts]))
     return out
 
 

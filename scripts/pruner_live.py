@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -25,25 +24,8 @@ from typing import Any
 
 import optuna
 
-from study.bench import _study_facts
+from study.bench import inside_interval, lr_star_moves, study_facts
 from study.space import load_space, resolve_space_path
-
-
-def _moves(facts: dict[str, Any], ref: dict[str, Any]) -> dict[str, float | None]:
-    """|log2(lr* / reference lr*)| per width (None where either has no estimate)."""
-    return {
-        w: abs(math.log2(v / ref["lr_star"][w])) if v and ref["lr_star"].get(w) else None
-        for w, v in facts["lr_star"].items()
-    }
-
-
-def _inside(facts: dict[str, Any], ref: dict[str, Any]) -> int:
-    """Widths whose lr* lies inside the reference's own bootstrap interval."""
-    n = 0
-    for w, v in facts["lr_star"].items():
-        lo, hi = ref["lr_interval"].get(w, [None, None])
-        n += bool(v and lo and hi and lo <= v <= hi)
-    return n
 
 
 def _fmt(x: float | None) -> str:
@@ -63,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spaces = [str(resolve_space_path(s).resolve()) for s in args.spaces]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ref = _study_facts(args.reference, args.reference_name, spaces[0])
+    ref = study_facts(args.reference, args.reference_name, spaces[0])
     widths = list(ref["lr_star"])
     print(f"reference: alpha {ref['alpha']:.2f}, {ref['epochs']} epochs")
     print("|lr* move| per width, log2 units against the reference")
@@ -80,10 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd += [str(args.trials), "--storage", f"sqlite:///{db}", "--study-name", name]
             t = time.perf_counter()
             subprocess.run([*cmd, "--no-report", "--quiet"], check=True, cwd=out)
-            facts = _study_facts(f"sqlite:///{db}", name, space)
+            facts = study_facts(f"sqlite:///{db}", name, space)
             facts["wall_s"] = time.perf_counter() - t
-            facts["moves_log2"] = _moves(facts, ref)
-            facts["inside_reference_interval"] = _inside(facts, ref)
+            facts["moves_log2"] = lr_star_moves(facts, ref)
+            facts["inside_reference_interval"] = inside_interval(facts, ref)
             results[space].append(facts)
             cells = [
                 f"{m:5.2f}" if m is not None else "    -" for m in facts["moves_log2"].values()

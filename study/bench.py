@@ -42,7 +42,7 @@ from study.space import load_space, resolve_space_path
 from study.storage import open_storage, use_wal
 from study.train import train
 
-__all__ = ["main", "matmul_peak"]
+__all__ = ["inside_interval", "lr_star_moves", "main", "matmul_peak", "study_facts"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def _timed(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - t
 
 
-def _study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
+def study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
     space = load_space(space_name)
     study = optuna.load_study(study_name=name, storage=url)
     trials = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -166,6 +166,25 @@ def _without_pruning(toml: str) -> str:
     if not done:
         out.append('\n[pruner]\nname = "none"\n')
     return "".join(out)
+
+
+def lr_star_moves(facts: dict[str, Any], ref: dict[str, Any]) -> dict[str, float | None]:
+    """|log2(lr* / reference lr*)| per width of two :func:`study_facts` (None where either has
+    no estimate)."""
+    return {
+        w: abs(math.log2(v / ref["lr_star"][w])) if v and ref["lr_star"].get(w) else None
+        for w, v in facts["lr_star"].items()
+    }
+
+
+def inside_interval(facts: dict[str, Any], ref: dict[str, Any]) -> int:
+    """How many widths' lr* fall inside the reference's own bootstrap interval: a move the
+    reference cannot tell from its own noise."""
+    n = 0
+    for w, v in facts["lr_star"].items():
+        lo, hi = ref["lr_interval"].get(w, [None, None])
+        n += bool(v and lo and hi and lo <= v <= hi)
+    return n
 
 
 def compare_studies(
@@ -229,7 +248,7 @@ def compare_studies(
             (folder / f"{name}.db{suffix}").unlink(missing_ok=True)
         wall = _timed(cmd, folder)
         study_name = no_prune.stem if name == "reference" else load_space(str(space_path)).name
-        facts = _study_facts(f"sqlite:///{folder / f'{name}.db'}", study_name, str(space_path))
+        facts = study_facts(f"sqlite:///{folder / f'{name}.db'}", study_name, str(space_path))
         n_proc = tool_procs if name == "tool" else 1
         facts["wall_s"] = wall
         # Shares of the CPU time (wall x processes): training steps; the per-epoch evaluation;
@@ -249,21 +268,11 @@ def compare_studies(
             }
             facts["outside_training_share"] = max(0.0, 1 - steps / cpu)
         out[name] = facts
-    ref = out["reference"]["lr_star"]
     ref_interval = out["reference"]["lr_interval"]
     for name in ("tool", "naive"):
-        out[name]["lr_star_moves_log2"] = {
-            w: (abs(math.log2(v / ref[w])) if v and ref.get(w) else None)
-            for w, v in out[name]["lr_star"].items()
-        }
-        # How many widths' lr* fall inside the reference's own bootstrap interval: a move the
-        # reference cannot tell from its own noise.
-        out[name]["lr_star_inside_reference_interval"] = sum(
-            1
-            for w, v in out[name]["lr_star"].items()
-            if v
-            and None not in ref_interval.get(w, [None])
-            and ref_interval[w][0] <= v <= ref_interval[w][1]
+        out[name]["lr_star_moves_log2"] = lr_star_moves(out[name], out["reference"])
+        out[name]["lr_star_inside_reference_interval"] = inside_interval(
+            out[name], out["reference"]
         )
     out["reference"]["lr_interval_width_log2"] = {
         w: math.log2(hi / lo) if lo and hi else None for w, (lo, hi) in ref_interval.items()

@@ -276,8 +276,10 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
         # Without --space an existing study runs on the space it stored, so the same command
         # resumes it after the shipped space changed (a new version of the tool).
         stored = None if args.space else stored_space(storage, study_name)
-        shipped = space
+        differ: list[str] = []  # how the shipped space of the same name has changed since
         if stored is not None:
+            if stored.get("name") == space.name:
+                differ = space_diff(stored, space.to_dict())
             space = space_from_dict(stored)
         n_existing = _count_existing(storage, study_name)
         study, created = create_or_load_study(
@@ -319,9 +321,11 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
         f"lr {space.lr.low:g}..{space.lr.high:g}, {space.optimizer.name}, "
         f"{space.training.epochs} epochs, device {device}"
     )
-    if stored is not None and space.fingerprint() != shipped.fingerprint():
-        differ = ", ".join(space_diff(stored, shipped.to_dict()))
-        say(f"           the study's own space; the shipped {shipped.name} differs in: {differ}")
+    if differ:
+        say(
+            f"           the study's own space; the shipped {DEFAULT_SPACE} differs in: "
+            + ", ".join(differ)
+        )
     say(f"dashboard: optuna-dashboard {dashboard_url(args.storage)}")
     say(f"resume:    {shlex.join(resume)}")
 

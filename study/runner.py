@@ -398,7 +398,7 @@ def run_trials(
 class WorkerConfig:
     """What a worker process needs to join the study (all picklable)."""
 
-    space: str | dict[str, Any]  # a shipped name or a path, or a space's to_dict()
+    space: dict[str, Any]  # the run's space, Space.to_dict() (the study's own or a file's)
     storage: str
     study_name: str
     target: int
@@ -455,10 +455,10 @@ def _work(cfg: WorkerConfig, parent_pid: int) -> None:
 
     from study.objective import Objective
     from study.run import build_pruner, build_sampler, resolve_device, run_seed
-    from study.space import load_space, space_from_dict
+    from study.space import space_from_dict
     from study.storage import open_storage
 
-    space = load_space(cfg.space) if isinstance(cfg.space, str) else space_from_dict(cfg.space)
+    space = space_from_dict(cfg.space)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)

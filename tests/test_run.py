@@ -340,7 +340,8 @@ def test_the_same_command_resumes_a_study_after_the_shipped_space_changed(
     """A study made by an earlier version, whose shipped mlp_digits was another space, resumes
     with the same command: without --space it runs on the space it stored (workers too)."""
     old = "[model]\nwidths = [8, 16]\n[lr]\nlow = 1e-3\nhigh = 1e-1\n[training]\nepochs = 2\n"
-    path = write_space(workdir, "old_mlp_digits", old)
+    (workdir / "old").mkdir()
+    path = write_space(workdir / "old", "mlp_digits", old)  # as an earlier version shipped it
     made = ["--space", str(path), "--study-name", "mlp_digits", "--trials", "3", "--workers", "1"]
     assert main([*made, "--no-report", "--quiet"]) == 0
     capsys.readouterr()
