@@ -11,7 +11,10 @@ Measures, in one run on this machine, and writes ``bench.json`` and a table:
   (``scripts/baseline_naive.py``: DataLoader, default threads, default SQLite, study-wide
   MedianPruner, plain TPE): wall times,
   the ratio, epochs used, the share of wall time outside training, and how far each width's lr*
-  moves between the tool's answer and the reference (log2 units).
+  moves between the tool's answer and the reference (log2 units);
+* where this CPU multiplies in bf16 (AVX-512 or AMX) and the space in fp32: the bf16 matmul
+  peak, training FLOP/s under bf16 matmuls, and the tool's study once more with
+  ``training.matmul_precision = "medium"``, judged against the same fp32 reference.
 """
 
 from __future__ import annotations
@@ -40,16 +43,21 @@ from study.model import build_model, count_parameters
 from study.run import default_workers
 from study.space import load_space, resolve_space_path
 from study.storage import open_storage, use_wal
-from study.train import train
+from study.train import matmul_arithmetic, train
 
 __all__ = ["inside_interval", "lr_star_moves", "main", "matmul_peak", "study_facts"]
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def matmul_peak(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
-    """fp32 GFLOP/s of an n x n matmul with ``threads`` torch threads (best of repeated runs)."""
+def matmul_peak(
+    threads: int, n: int = 1024, seconds: float = 2.0, precision: str = "highest"
+) -> float:
+    """GFLOP/s of an fp32 n x n matmul with ``threads`` torch threads (best of repeated runs),
+    under torch's float32 matmul ``precision`` ("medium": bf16 where the CPU has it)."""
     before = torch.get_num_threads()
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     best = 0.0
@@ -60,16 +68,23 @@ def matmul_peak(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
             a @ b
         best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     torch.set_num_threads(before)
+    torch.set_float32_matmul_precision(previous)
     return best
 
 
-def training_flops(space_name: str, epochs: int = 3) -> list[dict[str, float]]:
-    """Achieved training GFLOP/s per width, one thread, one run of ``epochs`` at lr 1e-3."""
+def training_flops(
+    space_name: str, epochs: int = 3, precision: str | None = None
+) -> list[dict[str, float]]:
+    """Achieved training GFLOP/s per width, one thread, one run of ``epochs`` at lr 1e-3 (with
+    ``precision``: under that matmul precision instead of the space's)."""
     import dataclasses
 
     torch.set_num_threads(1)
     space = load_space(space_name)
-    space = dataclasses.replace(space, training=dataclasses.replace(space.training, epochs=epochs))
+    training = dataclasses.replace(
+        space.training, epochs=epochs, matmul_precision=precision or space.training.matmul_precision
+    )
+    space = dataclasses.replace(space, training=training)
     data = load_dataset(space.dataset, space.seed)
     train(space, data, space.model.widths[0], 1e-3, seed=0)  # warm-up: first-call costs
     rows = []
@@ -117,6 +132,11 @@ def report_latency(folder: Path, n: int = 300) -> dict[str, dict[str, float]]:
     return out
 
 
+def bf16_here() -> bool:
+    """Whether this CPU multiplies float32 matrices in bf16 under matmul_precision "medium"."""
+    return matmul_arithmetic("medium", torch.device("cpu")) == "bf16"
+
+
 def _timed(cmd: list[str], cwd: Path) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
@@ -147,25 +167,30 @@ def study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
     }
 
 
-def _without_pruning(toml: str) -> str:
-    """The space's TOML with its pruner set to "none" (other keys kept; a [pruner] section is
-    added where the space has none, since the default prunes)."""
-    out, section, done = [], "", False
+def _with_key(toml: str, section: str, key: str, value: str) -> str:
+    """The space's TOML with ``key = value`` in ``[section]`` (other keys kept; the section is
+    added where the space has none)."""
+    out, current, done = [], "", False
     for line in toml.splitlines(keepends=True):
         stripped = line.strip()
         if stripped.startswith("["):
-            section = stripped.split("#")[0].strip()
+            current = stripped.split("#")[0].strip()
             out.append(line if line.endswith("\n") else line + "\n")
-            if section == "[pruner]":
-                out.append('name = "none"\n')
+            if current == f"[{section}]":
+                out.append(f"{key} = {value}\n")
                 done = True
             continue
-        if section == "[pruner]" and re.match(r"name\s*=", stripped):
+        if current == f"[{section}]" and re.match(rf"{key}\s*=", stripped):
             continue  # replaced by the line written under the header
         out.append(line)
     if not done:
-        out.append('\n[pruner]\nname = "none"\n')
+        out.append(f"\n[{section}]\n{key} = {value}\n")
     return "".join(out)
+
+
+def _without_pruning(toml: str) -> str:
+    """The space's TOML with its pruner set to "none" (the default prunes)."""
+    return _with_key(toml, "pruner", "name", '"none"')
 
 
 def lr_star_moves(facts: dict[str, Any], ref: dict[str, Any]) -> dict[str, float | None]:
@@ -197,21 +222,33 @@ def compare_studies(
     if load_space(str(no_prune)).pruner.name != "none":
         raise SystemExit(f"error: could not turn the pruner of {space_path} off")
     py = sys.executable
-    runs = {
-        "tool": [
+
+    def tool(space: Path, db: str) -> list[str]:
+        return [
             py,
             "-m",
             "study.run",
             "--space",
-            str(space_path),
+            str(space),
             "--trials",
             str(trials),
             "--storage",
-            "sqlite:///tool.db",
+            f"sqlite:///{db}",
             *(["--workers", str(workers)] if workers else []),  # else the tool's default
             "--no-report",
             "--quiet",
-        ],
+        ]
+
+    runs = {"tool": tool(space_path, "tool.db")}
+    # The tool again with bf16 matmuls (training.matmul_precision = "medium"), where this CPU
+    # has them and the space multiplies in fp32: judged against the same fp32 reference.
+    if bf16_here() and load_space(str(space_path)).training.matmul_precision == "highest":
+        bf16_space = folder / f"{space_name}_bf16.toml"
+        bf16_space.write_text(
+            _with_key(space_path.read_text(), "training", "matmul_precision", '"medium"')
+        )
+        runs["tool_bf16"] = tool(bf16_space, "tool_bf16.db")
+    runs |= {
         "reference": [
             py,
             "-m",
@@ -247,9 +284,11 @@ def compare_studies(
         for suffix in ("", "-wal", "-shm"):
             (folder / f"{name}.db{suffix}").unlink(missing_ok=True)
         wall = _timed(cmd, folder)
-        study_name = no_prune.stem if name == "reference" else load_space(str(space_path)).name
+        study_name = {"reference": no_prune.stem, "tool_bf16": f"{space_name}_bf16"}.get(
+            name, load_space(str(space_path)).name
+        )
         facts = study_facts(f"sqlite:///{folder / f'{name}.db'}", study_name, str(space_path))
-        n_proc = tool_procs if name == "tool" else 1
+        n_proc = tool_procs if name.startswith("tool") else 1
         facts["wall_s"] = wall
         # Shares of the CPU time (wall x processes): training steps; the per-epoch evaluation;
         # reporting and pruning inside a trial (storage); and everything between trials
@@ -269,7 +308,9 @@ def compare_studies(
             facts["outside_training_share"] = max(0.0, 1 - steps / cpu)
         out[name] = facts
     ref_interval = out["reference"]["lr_interval"]
-    for name in ("tool", "naive"):
+    for name in ("tool", "tool_bf16", "naive"):
+        if name not in out:
+            continue
         out[name]["lr_star_moves_log2"] = lr_star_moves(out[name], out["reference"])
         out[name]["lr_star_inside_reference_interval"] = inside_interval(
             out[name], out["reference"]
@@ -279,6 +320,9 @@ def compare_studies(
     }
     out["speedup_vs_naive"] = out["naive"]["wall_s"] / out["tool"]["wall_s"]
     out["speedup_vs_reference"] = out["reference"]["wall_s"] / out["tool"]["wall_s"]
+    if "tool_bf16" in out:
+        out["bf16_speedup_vs_naive"] = out["naive"]["wall_s"] / out["tool_bf16"]["wall_s"]
+        out["bf16_speedup_vs_tool"] = out["tool"]["wall_s"] / out["tool_bf16"]["wall_s"]
     return out
 
 
@@ -288,13 +332,32 @@ def _table(res: dict[str, Any]) -> str:
         f"fp32 matmul peak: {res['peak_gflops_1thread']:.0f} GFLOP/s (1 thread), "
         f"{res['peak_gflops_all']:.0f} GFLOP/s ({res['threads_all']} threads)",
         "",
-        "width  params     s/epoch  GFLOP/s  of peak",
     ]
-    for r in res["training"]:
+    bf16 = res.get("training_bf16")
+    if bf16:
+        lines[-1:-1] = [
+            f"bf16 matmul peak (matmul_precision medium): {res['peak_gflops_1thread_bf16']:.0f} "
+            "GFLOP/s (1 thread)"
+        ]
         lines.append(
+            "width  params     s/epoch  GFLOP/s  of peak   |  bf16: s/epoch  GFLOP/s  "
+            "of fp32 peak  of bf16 peak"
+        )
+    else:
+        lines.append("width  params     s/epoch  GFLOP/s  of peak")
+    for i, r in enumerate(res["training"]):
+        line = (
             f"{r['width']:>5}  {r['params']:>9,}  {r['seconds_per_epoch']:7.3f}  "
             f"{r['gflops']:7.1f}  {r['gflops'] / res['peak_gflops_1thread']:6.0%}"
         )
+        if bf16:
+            b = bf16[i]
+            line += (
+                f"   |        {b['seconds_per_epoch']:7.3f}  {b['gflops']:7.1f}  "
+                f"{b['gflops'] / res['peak_gflops_1thread']:12.0%}  "
+                f"{b['gflops'] / res['peak_gflops_1thread_bf16']:12.0%}"
+            )
+        lines.append(line)
     lat = res["report_latency"]
     lines += [
         "",
@@ -309,7 +372,9 @@ def _table(res: dict[str, Any]) -> str:
         "run        wall s  trials  epochs  outside training  alpha   max |lr* move| log2  "
         "inside ref. interval",
     ]
-    for name in ("tool", "reference", "naive"):
+    for name in ("tool", "tool_bf16", "reference", "naive"):
+        if name not in st:
+            continue
         s = st[name]
         moves = [m for m in s.get("lr_star_moves_log2", {}).values() if m is not None]
         alpha = f"{s['alpha']:.2f}" if s["alpha"] is not None else "-"
@@ -327,8 +392,8 @@ def _table(res: dict[str, Any]) -> str:
         "",
         "CPU time (wall x processes)  steps  evaluation  in-trial storage  between trials",
     ]
-    for name in ("tool", "reference"):
-        sh = st[name].get("shares")
+    for name in ("tool", "tool_bf16", "reference"):
+        sh = st.get(name, {}).get("shares")
         if sh:
             lines.append(
                 f"{name:<27}  {sh['steps']:5.1%}  {sh['evaluation']:10.1%}  "
@@ -344,6 +409,11 @@ def _table(res: dict[str, Any]) -> str:
         f"tool vs naive baseline: {st['speedup_vs_naive']:.2f}x faster; vs the "
         f"reference (no pruning, one process): {st['speedup_vs_reference']:.2f}x",
     ]
+    if "bf16_speedup_vs_naive" in st:
+        lines.append(
+            f"tool_bf16 (bf16 matmuls) vs naive: {st['bf16_speedup_vs_naive']:.2f}x; vs the "
+            f"tool in fp32: {st['bf16_speedup_vs_tool']:.2f}x"
+        )
     return "\n".join(lines)
 
 
@@ -372,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["peak_gflops_1thread"] = matmul_peak(1)
     res["peak_gflops_all"] = matmul_peak(os.cpu_count() or 1)
     res["training"] = training_flops(args.space)
+    if bf16_here() and load_space(args.space).training.matmul_precision == "highest":
+        res["peak_gflops_1thread_bf16"] = matmul_peak(1, precision="medium")
+        res["training_bf16"] = training_flops(args.space, precision="medium")
     res["report_latency"] = report_latency(folder)
     res["studies"] = compare_studies(folder, args.space, args.trials, args.workers)
     (folder / "bench.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -24,7 +24,7 @@ from study._errors import UserError
 from study.data import load_dataset
 from study.model import build_model
 from study.space import Space, load_space
-from study.train import make_optimizer
+from study.train import make_optimizer, matmul_precision
 
 __all__ = ["CoordCheck", "coord_check", "main"]
 
@@ -69,22 +69,25 @@ def coord_check(
     data = load_dataset(space.dataset, space.seed)
     probe = data.x_train[:batch_size]
     out = np.zeros((steps + 1, len(widths)))
-    for j, width in enumerate(widths):
-        for seed in range(seeds):
-            torch.manual_seed(seed)
-            model = build_model(model_cfg, width, data.n_features, data.n_classes, data.image_shape)
-            opt = make_optimizer(run_space, model, lr)
-            for step in range(steps + 1):
-                with torch.no_grad():
-                    out[step, j] += model(probe).abs().mean().item() / seeds
-                if step == steps:
-                    break
-                lo = (step * batch_size) % (len(data.x_train) - batch_size)
-                x, y = data.x_train[lo : lo + batch_size], data.y_train[lo : lo + batch_size]
-                loss = nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+    with matmul_precision(space):  # as the study trains
+        for j, width in enumerate(widths):
+            for seed in range(seeds):
+                torch.manual_seed(seed)
+                model = build_model(
+                    model_cfg, width, data.n_features, data.n_classes, data.image_shape
+                )
+                opt = make_optimizer(run_space, model, lr)
+                for step in range(steps + 1):
+                    with torch.no_grad():
+                        out[step, j] += model(probe).abs().mean().item() / seeds
+                    if step == steps:
+                        break
+                    lo = (step * batch_size) % (len(data.x_train) - batch_size)
+                    x, y = data.x_train[lo : lo + batch_size], data.y_train[lo : lo + batch_size]
+                    loss = nn.functional.cross_entropy(model(x), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
     slope = float(np.polyfit(np.log2(widths), np.log2(out[-1]), 1)[0])
     return CoordCheck(parametrization, list(widths), out, slope)
 

@@ -256,7 +256,12 @@ def _note_markdown(rep: StudyReport, storage_url: str) -> str:
             f"Space fingerprint `{rep.study.user_attrs.get('space_fingerprint', '')}`: "
             f"widths {space['model']['widths']}, "
             f"lr {space['lr']['low']:g}..{space['lr']['high']:g}, "
-            f"{space['optimizer']['name']}, {space['training']['epochs']} epochs.",
+            f"{space['optimizer']['name']}, {space['training']['epochs']} epochs"
+            + (
+                f", matmul precision {precision}."
+                if (precision := space["training"].get("matmul_precision", "highest")) != "highest"
+                else "."
+            ),
         ]
     return "\n".join(lines)
 

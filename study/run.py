@@ -44,6 +44,7 @@ from study.storage import (
     open_storage,
     stored_space,
 )
+from study.train import matmul_arithmetic
 
 __all__ = ["build_pruner", "build_sampler", "cli", "main"]
 
@@ -133,6 +134,13 @@ def default_workers(device: torch.device, threads: int, remaining: int) -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores // threads, MAX_DEFAULT_WORKERS, remaining))
+
+
+def _precision_note(precision: str, device: torch.device) -> str:
+    """ ", matmuls in bf16 (matmul_precision medium)" for a space that lowers it; else ""."""
+    if precision == "highest":
+        return ""
+    return f", matmuls in {matmul_arithmetic(precision, device)} (matmul_precision {precision})"
 
 
 def _git_commit() -> str | None:
@@ -320,6 +328,7 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
         f"space:     {space.name} [{space.fingerprint()}] widths {list(space.model.widths)}, "
         f"lr {space.lr.low:g}..{space.lr.high:g}, {space.optimizer.name}, "
         f"{space.training.epochs} epochs, device {device}"
+        + _precision_note(space.training.matmul_precision, device)
     )
     if differ:
         say(

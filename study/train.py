@@ -7,9 +7,10 @@ epoch (train loss, validation loss and accuracy read together).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,8 @@ __all__ = [
     "TrainResult",
     "fused_adam",
     "make_optimizer",
+    "matmul_arithmetic",
+    "matmul_precision",
     "train",
 ]
 
@@ -263,6 +266,37 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
     return loss, acc
 
 
+def matmul_arithmetic(precision: str, device: torch.device) -> str:
+    """What a float32 matmul computes in under ``precision`` on ``device``: "fp32", "bf16"
+    (inputs rounded to bfloat16, fp32 sums) or "tf32".
+
+    torch maps "medium" to bf16 on CPU, taken where oneDNN has bf16 matmuls (AVX-512 or AMX;
+    elsewhere fp32), and to TF32 on CUDA; "high" to TF32 on both, which CUDA runs from compute
+    capability 8 and these CPUs not at all.
+    """
+    if precision == "highest":
+        return "fp32"
+    if device.type == "cuda":
+        return "tf32" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+    if device.type == "cpu" and precision == "medium":
+        with contextlib.suppress(AttributeError, RuntimeError):
+            if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return "bf16"
+    return "fp32"
+
+
+@contextlib.contextmanager
+def matmul_precision(space: Space) -> Iterator[None]:
+    """Run the block under the space's ``training.matmul_precision`` (torch's process-wide
+    setting), and put the previous one back after it."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(space.training.matmul_precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def train(
     space: Space,
     data: Dataset,
@@ -282,6 +316,18 @@ def train(
         on_epoch: called after each epoch; returning True stops training (pruning). It is
             called for the epoch that diverged too (``diverged=True``), and the run ends there.
     """
+    with matmul_precision(space):
+        return _train(space, data, width, lr, seed, on_epoch)
+
+
+def _train(
+    space: Space,
+    data: Dataset,
+    width: int,
+    lr: float,
+    seed: int,
+    on_epoch: Callable[[EpochResult], bool] | None,
+) -> TrainResult:
     start = time.perf_counter()
     device = data.x_train.device
     torch.manual_seed(seed)

@@ -72,6 +72,10 @@ BAD = {
     "bad_choice": (VALID + "[optimizer]\nname = 'lion'\n", "optimizer.name: must be one of 'adam'"),
     "bool_for_int": (VALID + "[training]\nepochs = true\n", "training.epochs: must be an integer"),
     "not_toml": ("[model\nwidths = [", "not valid TOML"),
+    "bad_matmul_precision": (
+        VALID + "[training]\nmatmul_precision = 'bf16'\n",
+        "training.matmul_precision: must be one of 'highest', 'high', 'medium'",
+    ),
     "bad_percentile": (
         VALID + "[pruner]\nname = 'percentile'\npercentile = 100\n",
         "pruner.percentile: must be in (0, 100)",
@@ -99,6 +103,19 @@ def test_spaces_without_the_later_pruner_fields_keep_their_stored_form(workdir: 
     assert p75.to_dict()["pruner"]["protect_log2"] == 1.5
     assert p75.fingerprint() != load_space(str(write_space(workdir, "p", VALID))).fingerprint()
     assert load_space("mlp_digits").pruner.protect_log2 == 4
+
+
+def test_matmul_precision_is_stored_only_when_it_is_not_the_default(workdir: Path) -> None:
+    """Studies stored before training.matmul_precision existed multiplied in fp32 ("highest"):
+    their stored form has no such key, and they must still compare equal and resume."""
+    plain = load_space(str(write_space(workdir, "plain", VALID)))
+    assert plain.training.matmul_precision == "highest"
+    assert "matmul_precision" not in plain.to_dict()["training"]
+    text = VALID + "[training]\nmatmul_precision = 'medium'\n"
+    medium = load_space(str(write_space(workdir, "medium", text)))
+    assert medium.to_dict()["training"]["matmul_precision"] == "medium"
+    assert medium.fingerprint() != plain.fingerprint()
+    assert space_from_dict(medium.to_dict()) == medium
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -14,7 +14,14 @@ from torch import nn
 from study.data import load_dataset
 from study.model import build_model, param_groups
 from study.space import load_space
-from study.train import FusedOptimizer, MLPStep, make_optimizer, train
+from study.stacked import train_stacked
+from study.train import (
+    FusedOptimizer,
+    MLPStep,
+    make_optimizer,
+    matmul_arithmetic,
+    train,
+)
 from tests.conftest import REPO, write_space
 
 
@@ -130,6 +137,7 @@ def test_a_trial_does_not_import_torch_dynamo() -> None:
         ("adam", "mup", ""),
         ("sgd", "mup", "schedule = 'cosine'\n"),
         ("adamw", "sp", "schedule = 'plateau'\n"),
+        ("adam", "sp", "matmul_precision = 'medium'\n"),
     ],
 )
 def test_the_hand_computed_mlp_step_trains_as_autograd_bit_for_bit(
@@ -161,3 +169,48 @@ def test_the_hand_step_refuses_a_model_that_is_not_an_mlp() -> None:
     assert not MLPStep.supports(model)
     with pytest.raises(ValueError, match="needs an MLP"):
         MLPStep(model)
+
+
+def test_a_run_trains_under_its_spaces_matmul_precision_and_puts_the_old_one_back(
+    tmp_path: Path,
+) -> None:
+    space = _space(tmp_path, "adam", "sp", "matmul_precision = 'medium'\n")
+    data = load_dataset(space.dataset, space.seed)
+    seen: list[str] = []
+
+    def single(ep: object) -> bool:
+        seen.append(torch.get_float32_matmul_precision())
+        return False
+
+    def stacked(members: list[int], eps: list[object]) -> list[bool]:
+        seen.append(torch.get_float32_matmul_precision())
+        return [False] * len(members)
+
+    before = torch.get_float32_matmul_precision()
+    assert before == "highest"
+    train(space, data, 16, 1e-3, seed=0, on_epoch=single)
+    assert torch.get_float32_matmul_precision() == before
+    train_stacked(space, data, 16, [1e-3, 1e-2], [0, 1], on_epoch=stacked)
+    assert torch.get_float32_matmul_precision() == before
+    assert seen == ["medium"] * (2 * space.training.epochs)
+
+
+@pytest.mark.parametrize("precision", ["highest", "high", "medium"])
+def test_matmul_arithmetic_names_what_torch_computes_on_this_cpu(precision: str) -> None:
+    """On this machine's CPU: "bf16" means the product of the inputs rounded to bfloat16
+    (summed in fp32), "fp32" the plain product, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 256, generator=gen), torch.randn(256, 128, generator=gen)
+    exact = a @ b
+    rounded = a.bfloat16().float() @ b.bfloat16().float()  # bf16 products are exact in fp32
+    torch.set_float32_matmul_precision(precision)
+    try:
+        got = a @ b
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    arithmetic = matmul_arithmetic(precision, torch.device("cpu"))
+    if arithmetic == "fp32":
+        assert torch.equal(got, exact)
+    else:
+        assert arithmetic == "bf16" and precision == "medium"
+        assert (got - rounded).abs().max() < 1e-4 < (got - exact).abs().max()
