@@ -7,7 +7,7 @@ import pytest
 
 from study._errors import SpaceError
 from study.run import main
-from study.space import available_spaces, load_space, space_from_dict
+from study.space import available_spaces, load_space, space_diff, space_from_dict
 from tests.conftest import write_space
 
 VALID = """
@@ -155,3 +155,11 @@ def test_a_stored_space_this_version_cannot_read_is_one_line() -> None:
         SpaceError, match=r"^the study's stored space: pruner.patience: unknown key"
     ):
         space_from_dict(stored)
+
+
+def test_the_shipped_bf16_space_is_the_default_study_but_for_its_matmul_precision() -> None:
+    """mlp_digits_bf16 is compared with mlp_digits (README, "Matmul precision"): nothing else
+    may differ, or the comparison measures something else too."""
+    default, bf16 = load_space("mlp_digits"), load_space("mlp_digits_bf16")
+    assert bf16.training.matmul_precision == "medium"
+    assert space_diff(default.to_dict(), bf16.to_dict()) == ["training.matmul_precision"]
