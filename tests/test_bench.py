@@ -1,4 +1,4 @@
-"""The benchmark's reference space: the study's own space with pruning off, nothing else."""
+"""The benchmark's derived spaces: the study's own space with one key changed, nothing else."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.bench import _without_pruning
+from study.bench import _with_key, _without_pruning
 from study.space import available_spaces, load_space, resolve_space_path
 
 
@@ -18,4 +18,16 @@ def test_the_reference_space_differs_only_in_its_pruner(name: str, tmp_path: Pat
     space, reference = load_space(name), load_space(str(path))
     assert reference.pruner.name == "none"
     same = dataclasses.replace(reference, name=space.name, pruner=space.pruner)
+    assert same.fingerprint() == space.fingerprint()
+
+
+@pytest.mark.parametrize("name", available_spaces())
+def test_the_bf16_space_differs_only_in_its_matmul_precision(name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}_bf16.toml"
+    path.write_text(
+        _with_key(resolve_space_path(name).read_text(), "training", "matmul_precision", '"medium"')
+    )
+    space, bf16 = load_space(name), load_space(str(path))
+    assert bf16.training.matmul_precision == "medium"
+    same = dataclasses.replace(bf16, name=space.name, training=space.training)
     assert same.fingerprint() == space.fingerprint()
