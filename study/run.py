@@ -137,7 +137,8 @@ def default_workers(device: torch.device, threads: int, remaining: int) -> int:
 
 
 def _precision_note(precision: str, device: torch.device) -> str:
-    """ ", matmuls in bf16 (matmul_precision medium)" for a space that lowers it; else ""."""
+    """What the run line adds for a space that lowers the matmul precision, e.g.
+    ``, matmuls in bf16 (matmul_precision medium)``; nothing for "highest"."""
     if precision == "highest":
         return ""
     return f", matmuls in {matmul_arithmetic(precision, device)} (matmul_precision {precision})"

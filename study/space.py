@@ -163,7 +163,7 @@ class TrainingConfig:
     # torch.set_float32_matmul_precision while a trial trains: "highest" multiplies in fp32;
     # "medium" lets a CPU multiply in bf16 (inputs rounded to bf16, fp32 sums, weights and
     # optimizer in fp32) where oneDNN can (AVX-512 or AMX), and a GPU in TF32, as "high" does
-    # there. On this project's AMX machine "medium" made the default study 1.4-1.5x faster with
+    # there. On this project's AMX machine "medium" made the default study 1.3-1.5x faster with
     # lr* unchanged within the run-to-run spread (README, "Matmul precision").
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
 
