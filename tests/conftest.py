@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,13 @@ import optuna
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The Ctrl-C tests send SIGINT to the runs they start, as a terminal does. A shell that starts
+# pytest in the background (`pytest &`, `nohup pytest &`) makes it ignore SIGINT, every process
+# it starts inherits that, and Python then installs no KeyboardInterrupt handler: those runs
+# would never see the Ctrl-C. Give SIGINT back its default, as a terminal's shell does.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
