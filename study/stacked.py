@@ -30,7 +30,7 @@ from study.train import (
     TrainResult,
     _evaluate,
     fused_adam,
-    matmul_precision,
+    under_matmul_precision,
 )
 
 __all__ = ["can_stack", "train_stacked"]
@@ -154,6 +154,7 @@ class _Stack:
         self.lr = [b * factor for b in self.base_lr]
 
 
+@under_matmul_precision
 def train_stacked(
     space: Space,
     data: Dataset,
@@ -176,18 +177,6 @@ def train_stacked(
     """
     if not can_stack(space):
         raise ValueError("train_stacked supports the mlp family with schedule none or cosine.")
-    with matmul_precision(space):
-        return _train_stacked(space, data, width, lrs, seeds, on_epoch)
-
-
-def _train_stacked(
-    space: Space,
-    data: Dataset,
-    width: int,
-    lrs: Sequence[float],
-    seeds: Sequence[int],
-    on_epoch: Callable[[list[int], list[EpochResult]], list[bool]] | None,
-) -> list[TrainResult]:
     start = time.perf_counter()
     device = data.x_train.device
     k = len(lrs)

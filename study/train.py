@@ -8,10 +8,12 @@ epoch (train loss, validation loss and accuracy read together).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Concatenate, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -30,7 +32,11 @@ __all__ = [
     "matmul_arithmetic",
     "matmul_precision",
     "train",
+    "under_matmul_precision",
 ]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Devices where torch.optim has fused Adam/AdamW/SGD kernels.
 FUSED_DEVICES = ("cpu", "cuda")
@@ -297,6 +303,20 @@ def matmul_precision(space: Space) -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
+def under_matmul_precision(
+    run: Callable[Concatenate[Space, P], R],
+) -> Callable[Concatenate[Space, P], R]:
+    """A training function (its first argument the space) run under :func:`matmul_precision`."""
+
+    @functools.wraps(run)
+    def wrapped(space: Space, *args: P.args, **kwargs: P.kwargs) -> R:
+        with matmul_precision(space):
+            return run(space, *args, **kwargs)
+
+    return wrapped
+
+
+@under_matmul_precision
 def train(
     space: Space,
     data: Dataset,
@@ -316,18 +336,6 @@ def train(
         on_epoch: called after each epoch; returning True stops training (pruning). It is
             called for the epoch that diverged too (``diverged=True``), and the run ends there.
     """
-    with matmul_precision(space):
-        return _train(space, data, width, lr, seed, on_epoch)
-
-
-def _train(
-    space: Space,
-    data: Dataset,
-    width: int,
-    lr: float,
-    seed: int,
-    on_epoch: Callable[[EpochResult], bool] | None,
-) -> TrainResult:
     start = time.perf_counter()
     device = data.x_train.device
     torch.manual_seed(seed)
