@@ -216,20 +216,21 @@ def compare_studies(
     folder: Path, space_name: str, trials: int, workers: int | None
 ) -> dict[str, Any]:
     """The tool (fast settings), the reference (no pruning, one process), the naive baseline."""
-    space_path = resolve_space_path(space_name)
-    no_prune = folder / f"{space_name}_nopruning.toml"
+    space_path = resolve_space_path(space_name).resolve()  # the runs start in ``folder``
+    space = load_space(str(space_path))  # its name is the file's stem unless the file sets one
+    no_prune = folder / f"{space.name}_nopruning.toml"
     no_prune.write_text(_without_pruning(space_path.read_text()))
     if load_space(str(no_prune)).pruner.name != "none":
         raise SystemExit(f"error: could not turn the pruner of {space_path} off")
     py = sys.executable
 
-    def tool(space: Path, db: str) -> list[str]:
+    def tool(space_file: Path, db: str) -> list[str]:
         return [
             py,
             "-m",
             "study.run",
             "--space",
-            str(space),
+            str(space_file),
             "--trials",
             str(trials),
             "--storage",
@@ -240,14 +241,16 @@ def compare_studies(
         ]
 
     runs = {"tool": tool(space_path, "tool.db")}
+    space_files = {"tool": space_path, "reference": no_prune, "naive": space_path}
     # The tool again with bf16 matmuls (training.matmul_precision = "medium"), where this CPU
     # has them and the space multiplies in fp32: judged against the same fp32 reference.
-    if bf16_here() and load_space(str(space_path)).training.matmul_precision == "highest":
-        bf16_space = folder / f"{space_name}_bf16.toml"
+    if bf16_here() and space.training.matmul_precision == "highest":
+        bf16_space = folder / f"{space.name}_bf16.toml"
         bf16_space.write_text(
             _with_key(space_path.read_text(), "training", "matmul_precision", '"medium"')
         )
         runs["tool_bf16"] = tool(bf16_space, "tool_bf16.db")
+        space_files["tool_bf16"] = bf16_space
     runs |= {
         "reference": [
             py,
@@ -284,9 +287,7 @@ def compare_studies(
         for suffix in ("", "-wal", "-shm"):
             (folder / f"{name}.db{suffix}").unlink(missing_ok=True)
         wall = _timed(cmd, folder)
-        study_name = {"reference": no_prune.stem, "tool_bf16": f"{space_name}_bf16"}.get(
-            name, load_space(str(space_path)).name
-        )
+        study_name = load_space(str(space_files[name])).name  # each run's study: its space's
         facts = study_facts(f"sqlite:///{folder / f'{name}.db'}", study_name, str(space_path))
         n_proc = tool_procs if name.startswith("tool") else 1
         facts["wall_s"] = wall

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.bench import _with_key, _without_pruning
+from study.bench import _with_key, _without_pruning, compare_studies
 from study.space import available_spaces, load_space, resolve_space_path
 
 
@@ -31,3 +31,17 @@ def test_the_bf16_space_differs_only_in_its_matmul_precision(name: str, tmp_path
     assert bf16.training.matmul_precision == "medium"
     same = dataclasses.replace(bf16, name=space.name, training=space.training)
     assert same.fingerprint() == space.fingerprint()
+
+
+def test_the_studies_run_on_a_space_given_as_a_relative_path(workdir: Path) -> None:
+    """Each run starts in the bench's folder: a space path relative to the user's folder must
+    still be found, and each run's study read back under its own space's name."""
+    (workdir / "spaces").mkdir()
+    (workdir / "spaces" / "mine.toml").write_text(resolve_space_path("smoke").read_text())
+    (workdir / "bench").mkdir()
+    out = compare_studies(workdir / "bench", "spaces/mine.toml", trials=8, workers=1)
+    runs = ["tool", "reference", "naive"] + (["tool_bf16"] if "tool_bf16" in out else [])
+    for name in runs:
+        assert out[name]["trials"] == 8, name
+    assert set(out["tool"]["lr_star"]) == {"8", "16", "32"}
+    assert (workdir / "bench" / "mine_nopruning.toml").exists()
