@@ -118,6 +118,7 @@ class Objective:
             "report_seconds": round(r.callback_seconds, 4),
             "device": str(self.device),
             "diverged": r.diverged,
+            **({"early_stopped": True} if r.early_stopped else {}),
             **(extra or {}),
         }
         set_user_attrs(

@@ -30,6 +30,7 @@ from study.train import (
     TrainResult,
     _evaluate,
     fused_adam,
+    stale,
     under_matmul_precision,
 )
 
@@ -257,6 +258,8 @@ def train_stacked(
                 results[member].diverged = True
             elif stop:
                 results[member].stopped = True
+            elif stale(epoch, results[member].best_epoch, cfg.patience):
+                results[member].early_stopped = True
             else:
                 keep.append(row)
         callback_seconds += time.perf_counter() - t_callback

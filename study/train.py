@@ -31,6 +31,7 @@ __all__ = [
     "make_optimizer",
     "matmul_arithmetic",
     "matmul_precision",
+    "stale",
     "train",
     "under_matmul_precision",
 ]
@@ -66,6 +67,8 @@ class TrainResult:
     n_params: int
     seconds: float  # the whole run, as the caller waits for it
     curve: list[float] = field(default_factory=list)  # validation loss per epoch
+    # Stopped by the space's training.patience: no better validation loss for that many epochs.
+    early_stopped: bool = False
     # Parts of ``seconds`` (host clock; exact on CPU, where every op is synchronous): the
     # per-epoch evaluation, and the caller's ``on_epoch`` (storage writes, the pruner).
     eval_seconds: float = 0.0
@@ -272,6 +275,11 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
     return loss, acc
 
 
+def stale(epoch: int, best_epoch: int, patience: int) -> bool:
+    """Early stopping: ``patience`` (> 0) epochs have passed without a better validation loss."""
+    return patience > 0 and epoch - best_epoch >= patience
+
+
 def matmul_arithmetic(precision: str, device: torch.device) -> str:
     """What a float32 matmul computes in under ``precision`` on ``device``: "fp32", "bf16"
     (inputs rounded to bfloat16, fp32 sums) or "tf32".
@@ -420,6 +428,9 @@ def train(
             break
         if stop:
             result.stopped = True
+            break
+        if stale(epoch, result.best_epoch, cfg.patience):
+            result.early_stopped = True
             break
         if plateau is not None:
             plateau.step(val_loss)

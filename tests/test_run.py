@@ -357,3 +357,22 @@ def test_the_same_command_resumes_a_study_after_the_shipped_space_changed(
     assert main(["--space", "mlp_digits", "--trials", "7"]) == 2
     err = capsys.readouterr().err
     assert "leave out --space to run it on its own space" in err, err
+
+
+def test_an_early_stopped_trial_completes_with_its_best_loss(workdir: Path) -> None:
+    """training.patience: a trial with no better validation loss for that many epochs stops
+    there, COMPLETE (its value enters the fit), alone or in a stack."""
+    text = (
+        "[model]\nwidths = [16, 64]\n[lr]\nlow = 3e-2\nhigh = 1e-1\n"  # fast to overfit
+        "[training]\nepochs = 40\nbatch_size = 128\npatience = 2\n[pruner]\nname = 'none'\n"
+    )
+    path = write_space(workdir, "es", text)
+    assert _run("--space", str(path), "--trials", "8", "--storage", "sqlite:///s.db") == 0
+    trials = load("sqlite:///s.db", "es").trials
+    stopped = [t for t in trials if t.user_attrs.get("early_stopped")]
+    assert stopped and {t.user_attrs.get("stacked") for t in stopped} >= {4}
+    for t in stopped:
+        curve = [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
+        assert t.state == TrialState.COMPLETE and t.value == min(curve)
+        assert len(curve) == t.user_attrs["epochs_run"] == t.user_attrs["best_epoch"] + 2 < 40
+        assert min(curve[-2:]) >= t.value  # two epochs without a better loss, then the stop

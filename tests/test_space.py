@@ -76,6 +76,10 @@ BAD = {
         VALID + "[training]\nmatmul_precision = 'bf16'\n",
         "training.matmul_precision: must be one of 'highest', 'high', 'medium'",
     ),
+    "negative_patience": (
+        VALID + "[training]\npatience = -1\n",
+        "training.patience: must be a non-negative integer (0: off)",
+    ),
     "bad_percentile": (
         VALID + "[pruner]\nname = 'percentile'\npercentile = 100\n",
         "pruner.percentile: must be in (0, 100)",
@@ -116,6 +120,16 @@ def test_matmul_precision_is_stored_only_when_it_is_not_the_default(workdir: Pat
     assert medium.to_dict()["training"]["matmul_precision"] == "medium"
     assert medium.fingerprint() != plain.fingerprint()
     assert space_from_dict(medium.to_dict()) == medium
+
+
+def test_patience_is_stored_only_when_early_stopping_is_on(workdir: Path) -> None:
+    """Studies stored before training.patience existed trained every epoch (0: off)."""
+    plain = load_space(str(write_space(workdir, "plain", VALID)))
+    assert plain.training.patience == 0 and "patience" not in plain.to_dict()["training"]
+    early = load_space(str(write_space(workdir, "early", VALID + "[training]\npatience = 4\n")))
+    assert early.to_dict()["training"]["patience"] == 4
+    assert early.fingerprint() != plain.fingerprint()
+    assert space_from_dict(early.to_dict()) == early
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

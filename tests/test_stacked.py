@@ -87,3 +87,16 @@ def test_only_supported_spaces_are_stacked(tmp_path: Path) -> None:
     )
     assert not can_stack(plateau)
     assert not can_stack(load_space("cnn_digits"))
+
+
+def test_members_stop_early_as_their_separate_runs_do(tmp_path: Path) -> None:
+    space = _space(tmp_path, extra="patience = 2\n")
+    space = dataclasses.replace(space, training=dataclasses.replace(space.training, epochs=40))
+    data = load_dataset(space.dataset, space.seed)
+    lrs = [3e-3, 2e-2, 5e-2]
+    stacked = train_stacked(space, data, 64, lrs, SEEDS)
+    assert any(r.early_stopped for r in stacked)
+    for lr, seed, got in zip(lrs, SEEDS, stacked, strict=True):
+        alone = train(space, data, 64, lr, seed)
+        assert (got.early_stopped, got.epochs_run) == (alone.early_stopped, alone.epochs_run)
+        assert got.curve == pytest.approx(alone.curve, rel=1e-4, abs=1e-6)

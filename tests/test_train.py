@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -214,3 +215,21 @@ def test_matmul_arithmetic_names_what_torch_computes_on_this_cpu(precision: str)
     else:
         assert arithmetic == "bf16" and precision == "medium"
         assert (got - rounded).abs().max() < 1e-4 < (got - exact).abs().max()
+
+
+def test_early_stopping_ends_the_run_and_changes_nothing_before_it(tmp_path: Path) -> None:
+    space = _space(tmp_path, "adam", "sp", "patience = 2\n")
+    space = dataclasses.replace(space, training=dataclasses.replace(space.training, epochs=40))
+    data = load_dataset(space.dataset, space.seed)
+    early = train(space, data, 64, 5e-2, seed=3)
+    full = train(
+        dataclasses.replace(space, training=dataclasses.replace(space.training, patience=0)),
+        data,
+        64,
+        5e-2,
+        seed=3,
+    )
+    assert early.early_stopped and not full.early_stopped
+    assert early.epochs_run == early.best_epoch + 2 < full.epochs_run == 40
+    assert early.curve == full.curve[: early.epochs_run]  # the same run, cut short
+    assert early.best_val_loss == min(early.curve)
