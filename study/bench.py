@@ -6,12 +6,11 @@ Measures, in one run on this machine, and writes ``bench.json`` and a table:
 * training FLOP/s per width (~ 6 x weights x samples / seconds) and its fraction of that peak;
 * ``trial.report`` latency (median, 99th percentile) on the tool's SQLite and on a default one;
 * the default study run by the tool (its defaults: one worker per core, stacking on), the same
-  space with no pruning, no stacking and one trial at a time (the reference answer), and the
-  naive baseline
-  (``scripts/baseline_naive.py``: DataLoader, default threads, default SQLite, study-wide
-  MedianPruner, plain TPE): wall times,
-  the ratio, epochs used, the share of wall time outside training, and how far each width's lr*
-  moves between the tool's answer and the reference (log2 units);
+  space with no pruning, no early stopping, no stacking and one trial at a time (the reference
+  answer), and the naive baseline (``scripts/baseline_naive.py``: DataLoader, default
+  threads, default SQLite, study-wide MedianPruner, plain TPE): wall times, the ratio, epochs
+  used, the share of wall time outside training, and how far each width's lr* moves between
+  the tool's answer and the reference (log2 units);
 * where this CPU multiplies in bf16 (AVX-512 or AMX) and the space in fp32: the bf16 matmul
   peak, training FLOP/s under bf16 matmuls, and the tool's study once more with
   ``training.matmul_precision = "medium"``, judged against the same fp32 reference.
@@ -188,9 +187,10 @@ def _with_key(toml: str, section: str, key: str, value: str) -> str:
     return "".join(out)
 
 
-def _without_pruning(toml: str) -> str:
-    """The space's TOML with its pruner set to "none" (the default prunes)."""
-    return _with_key(toml, "pruner", "name", '"none"')
+def _without_speedups(toml: str) -> str:
+    """The reference's space: the space's TOML with its pruner set to "none" (the default
+    prunes) and early stopping off, so that every trial trains every epoch."""
+    return _with_key(_with_key(toml, "pruner", "name", '"none"'), "training", "patience", "0")
 
 
 def lr_star_moves(facts: dict[str, Any], ref: dict[str, Any]) -> dict[str, float | None]:
@@ -219,9 +219,10 @@ def compare_studies(
     space_path = resolve_space_path(space_name).resolve()  # the runs start in ``folder``
     space = load_space(str(space_path))  # its name is the file's stem unless the file sets one
     no_prune = folder / f"{space.name}_nopruning.toml"
-    no_prune.write_text(_without_pruning(space_path.read_text()))
-    if load_space(str(no_prune)).pruner.name != "none":
-        raise SystemExit(f"error: could not turn the pruner of {space_path} off")
+    no_prune.write_text(_without_speedups(space_path.read_text()))
+    reference = load_space(str(no_prune))
+    if reference.pruner.name != "none" or reference.training.patience:
+        raise SystemExit(f"error: could not turn the pruner and early stopping of {space_path} off")
     py = sys.executable
 
     def tool(space_file: Path, db: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The benchmark's derived spaces: the study's own space with one key changed, nothing else."""
+"""The benchmark's derived spaces: the study's own space with only the keys it means changed."""
 
 from __future__ import annotations
 
@@ -7,17 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from study.bench import _with_key, _without_pruning, compare_studies
+from study.bench import _with_key, _without_speedups, compare_studies
 from study.space import available_spaces, load_space, resolve_space_path
 
 
 @pytest.mark.parametrize("name", available_spaces())
-def test_the_reference_space_differs_only_in_its_pruner(name: str, tmp_path: Path) -> None:
+def test_the_reference_space_differs_only_in_pruning_and_early_stopping(
+    name: str, tmp_path: Path
+) -> None:
     path = tmp_path / f"{name}_nopruning.toml"
-    path.write_text(_without_pruning(resolve_space_path(name).read_text()))
+    path.write_text(_without_speedups(resolve_space_path(name).read_text()))
     space, reference = load_space(name), load_space(str(path))
-    assert reference.pruner.name == "none"
-    same = dataclasses.replace(reference, name=space.name, pruner=space.pruner)
+    assert reference.pruner.name == "none" and reference.training.patience == 0
+    same = dataclasses.replace(
+        reference,
+        name=space.name,
+        pruner=space.pruner,
+        training=dataclasses.replace(reference.training, patience=space.training.patience),
+    )
     assert same.fingerprint() == space.fingerprint()
 
 
