@@ -28,6 +28,7 @@ from study.analysis import analyze, points_from_trials
 from study.run import build_pruner
 from study.sampling import LR, WIDTH
 from study.space import PrunerConfig, Space, load_space
+from study.train import stale
 
 
 def _epoch_seconds(study: optuna.Study) -> dict[int, float]:
@@ -63,9 +64,11 @@ def replay(
     pruner: PrunerConfig,
     curves: list[tuple[int, float, list[float], bool]],
     order: Sequence[int],
+    patience: int = 0,
 ) -> tuple[optuna.Study, list[int]]:
-    """Feed ``curves`` in ``order`` to the space's pruner set to ``pruner``; (study, epochs
-    each curve ran, in the order of ``curves``)."""
+    """Feed ``curves`` in ``order`` to the space's pruner set to ``pruner``, each stopped early
+    as ``training.patience`` would stop it (0: off); (study, epochs each curve ran, in the order
+    of ``curves``)."""
     run_space = dataclasses.replace(space, pruner=pruner)
     study = optuna.create_study(
         sampler=optuna.samplers.RandomSampler(seed=0), pruner=build_pruner(run_space)
@@ -79,12 +82,17 @@ def replay(
         trial.suggest_categorical(WIDTH, widths)
         trial.suggest_float(LR, space.lr.low, space.lr.high, log=True)
         stopped = False
+        best_epoch, lowest = 0, math.inf
         for epoch, value in enumerate(curve, start=1):
             trial.report(value, epoch)
             ran[i] += 1
+            if value < lowest:
+                best_epoch, lowest = epoch, value
             if epoch < len(curve) and trial.should_prune():
                 stopped = True
                 break
+            if stale(epoch, best_epoch, patience):
+                break  # early stopping: the trial completes with its best loss
         finite = [v for v in curve[:epoch] if math.isfinite(v)]
         best = min(finite) if finite else math.inf
         trial.set_user_attr("best_val_loss", best if math.isfinite(best) else "inf")
@@ -115,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--percentiles", default="50,75", help="pruner percentiles to try (50: median)")
     p.add_argument("--warmups", default="3,5,10", help="n_warmup_steps to try")
     p.add_argument(
+        "--patiences",
+        default="0",
+        help="training.patience values to try (0: off; early stopping without a better loss)",
+    )
+    p.add_argument(
         "--protects",
         default="0",
         help="protect_log2 values to try (0: off; never prune near the width's best lr)",
@@ -142,14 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epochs: share of the unpruned epochs run; time: of their training time "
         "(each width's seconds per epoch as measured in the source study)"
     )
-    print(f"{'setting':<38} {'epochs':>6} {'time':>5}  " + "  ".join(f"{w:>10}" for w in widths))
+    print(f"{'setting':<50} {'epochs':>6} {'time':>5}  " + "  ".join(f"{w:>10}" for w in widths))
     settings = [
-        (float(q), int(w), float(k))
+        (float(q), int(w), float(k), int(e))
         for q in args.percentiles.split(",")
         for w in args.warmups.split(",")
         for k in args.protects.split(",")
+        for e in args.patiences.split(",")
     ]
-    for percentile, warmup, protect in settings:
+    for percentile, warmup, protect, patience in settings:
         cfg = dataclasses.replace(
             space.pruner,
             name="percentile",
@@ -161,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         moves: dict[int, list[float]] = {w: [] for w in widths}
         used, spent = [], []
         for order in orders:
-            study, ran = replay(space, cfg, curves, order)
+            study, ran = replay(space, cfg, curves, order, patience)
             used.append(sum(ran))
             spent.append(sum(n * k for n, k in zip(ran, cost, strict=True)))
             for w, v in _lr_star(space, study.get_trials(deepcopy=False)).items():
@@ -177,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f"percentile {percentile:g}, warmup {warmup}"
         if protect:
             name += f", protect {protect:g}"
-        print(f"{name:<38} {share:6.0%} {time_share:5.0%}  " + "  ".join(f"{c:>10}" for c in cells))
+        if patience:
+            name += f", patience {patience}"
+        print(f"{name:<50} {share:6.0%} {time_share:5.0%}  " + "  ".join(f"{c:>10}" for c in cells))
     return 0
 
 

@@ -55,25 +55,31 @@ def test_replay_without_pruning_keeps_every_epoch_and_lr_star(workdir: Path) -> 
     write_space(workdir, "r", SPACE)
     run = ["--space", "r.toml", "--trials", "16", "--storage", "sqlite:///r.db", "--workers", "1"]
     assert main([*run, "--study-name", "r", "--quiet", "--no-report"]) == 0
-    out = _replay(workdir, "--percentiles", "50", "--warmups", "6,1", "--protects", "0,20")
+    settings = ["--percentiles", "50", "--warmups", "6,1", "--protects", "0,20"]
+    out = _replay(workdir, *settings, "--patiences", "0,1")
     assert out.returncode == 0, out.stderr
     rows = {}
     for line in out.stdout.splitlines():
         if line.startswith("percentile 50, warmup"):
-            setting, cells = line[:38].strip().split(", "), line[38:].split()
-            rows[(setting[1], setting[2] if len(setting) > 2 else "")] = cells
-    assert len(rows) == 4, out.stdout
+            setting, cells = line[:50].strip().split(", "), line[50:].split()
+            rows[tuple(setting[1:])] = cells
+    assert len(rows) == 8, out.stdout
     # warmup 6 of 6 epochs: the pruner never decides, so nothing moves (the fit sees the same
     # points in another order: float noise only)
-    epochs, time, *moves = rows[("warmup 6", "")]
+    epochs, time, *moves = rows[("warmup 6",)]
     assert (epochs, time) == ("100%", "100%"), out.stdout
     assert [abs(float(c.split("/")[1])) for c in moves] == [0.0, 0.0], out.stdout
     # warmup 1: the median pruner stops some trials early, which saves training time too
-    epochs, time, *moves = rows[("warmup 1", "")]
+    epochs, time, *moves = rows[("warmup 1",)]
     assert int(epochs.rstrip("%")) < 100 and int(time.rstrip("%")) < 100, out.stdout
     # ...unless every lr is protected: 20 log2 units hold the whole range (1e-4..1 is 13.3)
     epochs, time, *moves = rows[("warmup 1", "protect 20")]
     assert (epochs, time) == ("100%", "100%"), out.stdout
+    # early stopping works beside the pruner, protection or not: a trial whose loss did not
+    # improve in an epoch (patience 1) stops there
+    for key in (("warmup 6", "patience 1"), ("warmup 1", "protect 20", "patience 1")):
+        epochs, time, *moves = rows[key]
+        assert int(epochs.rstrip("%")) < 100, out.stdout
 
 
 def test_replay_refuses_a_study_that_was_pruned(workdir: Path) -> None:
