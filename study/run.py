@@ -328,7 +328,9 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
     say(
         f"space:     {space.name} [{space.fingerprint()}] widths {list(space.model.widths)}, "
         f"lr {space.lr.low:g}..{space.lr.high:g}, {space.optimizer.name}, "
-        f"{space.training.epochs} epochs, device {device}"
+        f"{space.training.epochs} epochs"
+        + (f" (patience {space.training.patience})" if space.training.patience else "")
+        + f", device {device}"
         + _precision_note(space.training.matmul_precision, device)
     )
     if differ:
