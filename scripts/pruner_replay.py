@@ -28,7 +28,7 @@ from study.analysis import analyze, points_from_trials
 from study.run import build_pruner
 from study.sampling import LR, WIDTH
 from study.space import PrunerConfig, Space, load_space
-from study.train import stale
+from study.train import out_of_patience
 
 
 def _epoch_seconds(study: optuna.Study) -> dict[int, float]:
@@ -91,7 +91,7 @@ def replay(
             if epoch < len(curve) and trial.should_prune():
                 stopped = True
                 break
-            if stale(epoch, best_epoch, patience):
+            if out_of_patience(epoch, best_epoch, patience):
                 break  # early stopping: the trial completes with its best loss
         finite = [v for v in curve[:epoch] if math.isfinite(v)]
         best = min(finite) if finite else math.inf

@@ -30,7 +30,7 @@ from study.train import (
     TrainResult,
     _evaluate,
     fused_adam,
-    stale,
+    out_of_patience,
     under_matmul_precision,
 )
 
@@ -258,7 +258,7 @@ def train_stacked(
                 results[member].diverged = True
             elif stop:
                 results[member].stopped = True
-            elif stale(epoch, results[member].best_epoch, cfg.patience):
+            elif out_of_patience(epoch, results[member].best_epoch, cfg.patience):
                 results[member].early_stopped = True
             else:
                 keep.append(row)

@@ -31,7 +31,7 @@ __all__ = [
     "make_optimizer",
     "matmul_arithmetic",
     "matmul_precision",
-    "stale",
+    "out_of_patience",
     "train",
     "under_matmul_precision",
 ]
@@ -275,7 +275,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
     return loss, acc
 
 
-def stale(epoch: int, best_epoch: int, patience: int) -> bool:
+def out_of_patience(epoch: int, best_epoch: int, patience: int) -> bool:
     """Early stopping: ``patience`` (> 0) epochs have passed without a better validation loss."""
     return patience > 0 and epoch - best_epoch >= patience
 
@@ -429,7 +429,7 @@ def train(
         if stop:
             result.stopped = True
             break
-        if stale(epoch, result.best_epoch, cfg.patience):
+        if out_of_patience(epoch, result.best_epoch, cfg.patience):
             result.early_stopped = True
             break
         if plateau is not None:
