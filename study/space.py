@@ -163,9 +163,9 @@ class TrainingConfig:
     # torch.set_float32_matmul_precision while a trial trains: "highest" multiplies in fp32;
     # "medium" lets a CPU multiply in bf16 (inputs rounded to bf16, fp32 sums, weights and
     # optimizer in fp32) where oneDNN can (AVX-512 or AMX), and a GPU in TF32, as "high" does
-    # there. On this project's AMX machine "medium" made the default study 1.3-1.5x faster (1.06x
-    # with early stopping, which cuts most of the wide epochs it sped up), with lr* unchanged
-    # within the run-to-run spread (README, "Matmul precision").
+    # there. On this project's AMX machine "medium" made the default study 1.3-1.5x faster
+    # (1.06-1.28x with early stopping, which cuts most of the wide epochs it sped up), with lr*
+    # unchanged within the run-to-run spread (README, "Matmul precision").
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     # Early stopping: a trial whose validation loss has not improved for this many epochs stops
     # there and completes with its best loss (0: off, every trial trains every epoch). Its value
