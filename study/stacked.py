@@ -258,7 +258,9 @@ def train_stacked(
                 results[member].diverged = True
             elif stop:
                 results[member].stopped = True
-            elif out_of_patience(epoch, results[member].best_epoch, cfg.patience):
+            elif epoch < cfg.epochs and out_of_patience(
+                epoch, results[member].best_epoch, cfg.patience
+            ):
                 results[member].early_stopped = True
             else:
                 keep.append(row)

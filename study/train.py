@@ -429,7 +429,7 @@ def train(
         if stop:
             result.stopped = True
             break
-        if out_of_patience(epoch, result.best_epoch, cfg.patience):
+        if epoch < cfg.epochs and out_of_patience(epoch, result.best_epoch, cfg.patience):
             result.early_stopped = True
             break
         if plateau is not None:

@@ -233,3 +233,9 @@ def test_early_stopping_ends_the_run_and_changes_nothing_before_it(tmp_path: Pat
     assert early.epochs_run == early.best_epoch + 2 < full.epochs_run == 40
     assert early.curve == full.curve[: early.epochs_run]  # the same run, cut short
     assert early.best_val_loss == min(early.curve)
+    # a run whose patience runs out at its last epoch ran every epoch: not stopped early
+    last = dataclasses.replace(
+        space, training=dataclasses.replace(space.training, epochs=early.epochs_run)
+    )
+    whole = train(last, data, 64, 5e-2, seed=3)
+    assert whole.curve == early.curve and not whole.early_stopped
