@@ -10,11 +10,12 @@ from typing import Any
 import optuna
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
 
 from study.data import Dataset, load_dataset
 from study.sampling import LR, WIDTH, PerWidthPruner
 from study.space import Space
-from study.storage import set_user_attrs, write_reports
+from study.storage import TrialEnd, set_user_attrs, write_reports
 from study.train import EpochResult, TrainResult, train
 
 __all__ = ["Objective", "trial_seed"]
@@ -99,11 +100,11 @@ class Objective:
 
         return on_epoch
 
-    def finish(
-        self, trial: optuna.Trial, r: TrainResult, lr: float, extra: dict[str, Any] | None = None
-    ) -> float:
-        """Record the run (and ``extra`` attrs) on the trial, in one write; its value, or
-        TrialPruned if stopped or diverged."""
+    def end(
+        self, trial: optuna.Trial, r: TrainResult, extra: dict[str, Any] | None = None
+    ) -> TrialEnd:
+        """How the run ends the trial: COMPLETE with its best validation loss, or PRUNED if
+        stopped or diverged; the run's record (and ``extra``) as user attrs."""
         attrs: dict[str, Any] = {
             "best_val_loss": r.best_val_loss,
             "final_val_loss": r.final_val_loss,
@@ -121,18 +122,25 @@ class Objective:
             **({"early_stopped": True} if r.early_stopped else {}),
             **(extra or {}),
         }
-        set_user_attrs(
-            trial,
-            {  # JSON has no NaN/inf; keep them readable
-                k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
-                for k, v in attrs.items()
-            },
-        )
+        attrs = {  # JSON has no NaN/inf; keep them readable
+            k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in attrs.items()
+        }
+        if r.diverged or r.stopped:
+            return TrialEnd(trial, TrialState.PRUNED, None, attrs)
+        return TrialEnd(trial, TrialState.COMPLETE, r.best_val_loss, attrs)
+
+    def finish(self, trial: optuna.Trial, r: TrainResult, lr: float) -> float:
+        """Record the run on the trial, in one write; its value, or TrialPruned if stopped or
+        diverged."""
+        end = self.end(trial, r)
+        set_user_attrs(trial, end.user_attrs)
         if r.diverged:
             raise optuna.TrialPruned(f"diverged at epoch {r.epochs_run} (lr={lr:.3g})")
         if r.stopped:
             raise optuna.TrialPruned(f"pruned at epoch {r.epochs_run}")
-        return r.best_val_loss
+        assert end.value is not None
+        return end.value
 
     def __call__(self, trial: optuna.Trial) -> float:
         width, lr = self.suggest(trial)
@@ -179,8 +187,12 @@ class Reports:
         if time.monotonic() - self._written >= self._every_s:
             self.write()
 
-    def write(self) -> None:
-        """Store every value not stored yet, in one write (none of a lost trial)."""
+    def take(self) -> list[tuple[optuna.Trial, int, float]]:
+        """The values not stored yet, for the caller to store (no longer held here)."""
         rows, self._rows = self._rows, []
         self._written = time.monotonic()
-        self.lost |= write_reports(rows)
+        return rows
+
+    def write(self) -> None:
+        """Store every value not stored yet, in one write (none of a lost trial)."""
+        self.lost |= write_reports(self.take())

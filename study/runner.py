@@ -37,7 +37,13 @@ from study._console import Progress, count_trials
 from study.objective import Objective, Reports, trial_seed
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
 from study.stacked import can_stack, train_stacked
-from study.storage import claim_stale_trial, claim_waiting_trial, heartbeatless_stale_trial_ids
+from study.storage import (
+    TrialEnd,
+    claim_stale_trial,
+    claim_waiting_trial,
+    finish_trials,
+    heartbeatless_stale_trial_ids,
+)
 from study.train import TrainResult, train
 
 __all__ = [
@@ -177,40 +183,29 @@ def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
     return None if surplus else trial
 
 
-def _tell(
-    study: optuna.Study, trial: optuna.Trial, finish: Callable[[], float], reports: Reports
-) -> TrialState | None:
-    """Store the trial's reports, tell its end as ``finish`` gives it (a value, or
-    TrialPruned).
+def _tell(study: optuna.Study, ends: list[TrialEnd], reports: Reports) -> list[TrialState | None]:
+    """Store the trials' reports and tell their ends, all in one transaction
+    (:func:`~study.storage.finish_trials`).
 
-    Call it inside ``_Deferred``: an interrupt between the attrs and the state would leave the
-    trial RUNNING.
+    Call it inside ``_Deferred``: an interrupt between two writes would leave a trial RUNNING.
 
     Returns:
-        The trial's state; None if it was lost: another process failed it meanwhile (its stale
-        check saw no heartbeat from here for the grace period, e.g. while this machine was
-        suspended) and queued its retry, which runs in its place.
+        Each trial's state; None for one that was lost: another process failed it meanwhile
+        (its stale check saw no heartbeat from here for the grace period, e.g. while this
+        machine was suspended) and queued its retry, which runs in its place.
     """
-    reports.write()  # Optuna reads a pruned trial's last value from the storage
-    if trial._trial_id not in reports.lost:
-        state, value = TrialState.COMPLETE, None
-        try:
-            try:
-                value = finish()
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            study.tell(trial, value, state=state)
-            return state
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-            # Optuna raises these for a trial finished meanwhile; anything else goes on up.
-            if not study._storage.get_trial(trial._trial_id).state.is_finished():
-                raise
-    print(
-        f"trial {trial.number} was failed meanwhile by another process (no heartbeat from here "
-        "for the grace period); its retry runs in its place",
-        file=sys.stderr,
+    lost = finish_trials(
+        study, ends, [r for r in reports.take() if r[0]._trial_id not in reports.lost]
     )
-    return None
+    reports.lost |= lost
+    for e in ends:
+        if e.trial._trial_id in lost:
+            print(
+                f"trial {e.trial.number} was failed meanwhile by another process (no heartbeat "
+                "from here for the grace period); its retry runs in its place",
+                file=sys.stderr,
+            )
+    return [None if e.trial._trial_id in lost else e.state for e in ends]
 
 
 def _fail_all(
@@ -254,7 +249,7 @@ def _train_and_tell(
         _fail_all(study, [trial], reports)
         raise
     with _Deferred() as held:
-        state = _tell(study, trial, lambda: objective.finish(trial, r, lr), reports)
+        (state,) = _tell(study, [objective.end(trial, r)], reports)
     held.deliver()
     return state
 
@@ -327,9 +322,9 @@ def run_new_trials(
             _fail_all(study, members, reports)
             raise
         extra = {"stacked": len(members)} if len(members) > 1 else None
+        ends = [objective.end(t, r, extra) for t, r in zip(members, results, strict=True)]
         with _Deferred() as interrupted:  # every trial is told, even if Ctrl-C comes meanwhile
-            for t, r, lr in zip(members, results, lrs, strict=True):
-                _tell(study, t, lambda t=t, r=r, lr=lr: objective.finish(t, r, lr, extra), reports)
+            _tell(study, ends, reports)
         interrupted.deliver()
     return len(members)
 

@@ -7,28 +7,34 @@ is checked *before* anything is written, and reported as one line (:class:`UserE
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from study._errors import UserError
 from study.space import Space, space_diff
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "TrialEnd",
     "create_or_load_study",
     "claim_stale_trial",
     "claim_waiting_trial",
     "dashboard_url",
+    "finish_trials",
     "heartbeatless_stale_trial_ids",
     "mask_url",
     "open_storage",
@@ -244,8 +250,6 @@ def heartbeatless_stale_trial_ids(study: optuna.Study) -> list[int]:
     A process killed between creating a trial and its first heartbeat leaves such a trial;
     Optuna's stale check skips trials without a heartbeat, so it would stay RUNNING forever.
     """
-    from datetime import datetime, timedelta
-
     from optuna.storages._rdb import models
 
     rdb = getattr(study._storage, "_backend", study._storage)
@@ -257,7 +261,7 @@ def heartbeatless_stale_trial_ids(study: optuna.Study) -> list[int]:
         rows = (
             session.query(models.TrialModel)
             .filter(models.TrialModel.study_id == study._study_id)
-            .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
             .filter(~models.TrialModel.heartbeats.any())
             .all()
         )
@@ -277,7 +281,7 @@ def claim_waiting_trial(study: optuna.Study, trial_id: int) -> bool:
     ``tell`` then fails: "Cannot tell a COMPLETE trial"). ``UPDATE ... WHERE state = WAITING``
     succeeds for exactly one of them.
     """
-    return _set_state_if(study, trial_id, optuna.trial.TrialState.WAITING)
+    return _set_state_if(study, trial_id, TrialState.WAITING)
 
 
 def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
@@ -287,17 +291,14 @@ def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
     has no row locks, Optuna's read-then-write lets both succeed). ``UPDATE ... WHERE state =
     RUNNING`` succeeds for exactly one of them.
     """
-    return _set_state_if(study, trial_id, optuna.trial.TrialState.RUNNING)
+    return _set_state_if(study, trial_id, TrialState.RUNNING)
 
 
-def _set_state_if(study: optuna.Study, trial_id: int, expected: optuna.trial.TrialState) -> bool:
+def _set_state_if(study: optuna.Study, trial_id: int, expected: TrialState) -> bool:
     """Move a trial from ``expected`` to the next state (WAITING to RUNNING, RUNNING to FAIL)
     in one conditional UPDATE; True if this call did."""
-    from datetime import datetime
-
     from optuna.storages._rdb import models
 
-    TrialState = optuna.trial.TrialState
     start = expected == TrialState.WAITING
     rdb = getattr(study._storage, "_backend", study._storage)
     if not isinstance(rdb, RDBStorage):
@@ -382,15 +383,23 @@ def _upsert(
                 finished.add(trial_id)
             else:
                 rdb.check_trial_is_updatable(trial_id, states[trial_id])
-        rows = [r for r in rows if r["trial_id"] not in finished]
-        if rows:
-            insert = module.insert(model).values(rows)
-            columns = {c: insert.excluded[c] for c in rows[0] if c not in ("trial_id", key)}
-            upsert = insert.on_conflict_do_update(
-                index_elements=[model.trial_id, getattr(model, key)], set_=columns
-            )
-            session.execute(upsert)
+        _upsert_rows(
+            session, module, model, [r for r in rows if r["trial_id"] not in finished], key
+        )
     return finished
+
+
+def _upsert_rows(
+    session: Any, module: Any, model: Any, rows: list[dict[str, Any]], key: str
+) -> None:
+    """INSERT ... ON CONFLICT (trial_id, ``key``) DO UPDATE of ``rows`` in ``session``."""
+    if rows:
+        insert = module.insert(model).values(rows)
+        columns = {c: insert.excluded[c] for c in rows[0] if c not in ("trial_id", key)}
+        upsert = insert.on_conflict_do_update(
+            index_elements=[model.trial_id, getattr(model, key)], set_=columns
+        )
+        session.execute(upsert)
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -400,8 +409,6 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     trial's 13 attributes on the tool's SQLite, against 2.0 ms here (one multi-row upsert;
     medians of 40, measured side by side).
     """
-    import json
-
     from optuna.storages._rdb import models
 
     module = _upsert_dialect(trial.storage)
@@ -443,10 +450,17 @@ def write_reports(rows: Sequence[tuple[optuna.Trial, int, float]]) -> set[int]:
                 lost.add(trial._trial_id)
         return lost
     model = models.TrialIntermediateValueModel
-    values = []
+    return _upsert(trials, module, model, _report_rows(rows), "step", skip_finished=True)
+
+
+def _report_rows(rows: Sequence[tuple[optuna.Trial, int, float]]) -> list[dict[str, Any]]:
+    from optuna.storages._rdb import models
+
+    model = models.TrialIntermediateValueModel
+    out = []
     for trial, step, value in rows:
         stored, kind = model.intermediate_value_to_stored_repr(float(value))
-        values.append(
+        out.append(
             {
                 "trial_id": trial._trial_id,
                 "step": step,
@@ -454,7 +468,143 @@ def write_reports(rows: Sequence[tuple[optuna.Trial, int, float]]) -> set[int]:
                 "intermediate_value_type": kind,
             }
         )
-    return _upsert(trials, module, model, values, "step", skip_finished=True)
+    return out
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """How a running trial ends: COMPLETE with ``value``, or PRUNED (its value is then its last
+    reported one, as Optuna's ``tell`` gives it), with the user attrs stored alongside."""
+
+    trial: optuna.Trial
+    state: TrialState
+    value: float | None
+    user_attrs: dict[str, Any]
+
+
+def finish_trials(
+    study: optuna.Study,
+    ends: Sequence[TrialEnd],
+    reports: Sequence[tuple[optuna.Trial, int, float]],
+) -> set[int]:
+    """Store the end of running trials (their ``reports`` ``(trial, step, value)`` not written yet,
+    user attrs, state and value) in one transaction: what ``Reports.write``,
+    :func:`set_user_attrs` and ``study.tell`` store for each trial, in one commit for all of
+    them instead of three each. On the tool's SQLite (a 200-trial study's file, each trial with
+    12 reports and 14 attrs, medians of 25): a stack of 8 trials in 14 ms instead of 52, one
+    trial in 3.0 ms instead of 6.9.
+
+    Each trial is moved from RUNNING by a conditional UPDATE, so a trial that another process
+    failed meanwhile (a stale heartbeat: its retry is queued) is left as it is, with nothing of
+    it written; readers never see a finished trial without its value, attrs or curve.
+
+    Returns:
+        The ids of the trials found finished meanwhile (lost: not written). Reports of trials
+        not in ``ends`` are not written either.
+    """
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    module = _upsert_dialect(study._storage)
+    if module is None:  # no upsert here: Optuna's own calls, one trial at a time
+        return _finish_one_by_one(study, ends, reports)
+    for end in ends:
+        if end.state == TrialState.COMPLETE and (end.value is None or math.isnan(end.value)):
+            raise ValueError(
+                f"trial {end.trial.number}: a COMPLETE trial needs a value, not {end.value}"
+            )
+        if end.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            raise ValueError(f"trial {end.trial.number}: cannot end it as {end.state.name}")
+    rdb = getattr(study._storage, "_backend", study._storage)
+    now = datetime.now(UTC).replace(tzinfo=None)  # stored as naive UTC
+    values: dict[int, float | None] = {}
+    lost: set[int] = set()
+    study._thread_local.cached_all_trials = None  # as study.tell does
+    with _create_scoped_session(rdb.scoped_session) as session:
+        for end in ends:
+            trial_id = end.trial._trial_id
+            n = (
+                session.query(models.TrialModel)
+                .filter(models.TrialModel.trial_id == trial_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .update(
+                    {
+                        models.TrialModel.state: end.state,
+                        models.TrialModel._datetime_complete_utc: now,
+                    },
+                    synchronize_session=False,
+                )
+            )
+            if n != 1:
+                lost.add(trial_id)
+                continue
+            values[trial_id] = (
+                end.value if end.state == TrialState.COMPLETE else _last_value(end.trial)
+            )
+        live = [e for e in ends if e.trial._trial_id not in lost]
+        _upsert_rows(
+            session,
+            module,
+            models.TrialIntermediateValueModel,
+            _report_rows([r for r in reports if r[0]._trial_id in values]),
+            "step",
+        )
+        _upsert_rows(
+            session,
+            module,
+            models.TrialUserAttributeModel,
+            [
+                {"trial_id": e.trial._trial_id, "key": k, "value_json": json.dumps(v)}
+                for e in live
+                for k, v in e.user_attrs.items()
+            ],
+            "key",
+        )
+        value_rows = []
+        for trial_id, value in values.items():
+            if value is not None:
+                stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+                value_rows.append(
+                    {"trial_id": trial_id, "objective": 0, "value": stored, "value_type": kind}
+                )
+        _upsert_rows(session, module, models.TrialValueModel, value_rows, "objective")
+    for e in live:
+        e.trial._cached_frozen_trial.user_attrs.update(e.user_attrs)
+        value = values[e.trial._trial_id]
+        # As study.tell does (the runner's sampler keeps nothing per trial).
+        study.sampler.after_trial(
+            study, e.trial._cached_frozen_trial, e.state, None if value is None else [value]
+        )
+    return lost
+
+
+def _last_value(trial: optuna.Trial) -> float | None:
+    """A pruned trial's value as Optuna's tell gives it: its last reported value, if not NaN."""
+    curve = trial._cached_frozen_trial.intermediate_values
+    if not curve:
+        return None
+    value = float(curve[max(curve)])
+    return None if math.isnan(value) else value
+
+
+def _finish_one_by_one(
+    study: optuna.Study,
+    ends: Sequence[TrialEnd],
+    reports: Sequence[tuple[optuna.Trial, int, float]],
+) -> set[int]:
+    lost = write_reports(reports)
+    for e in ends:
+        if e.trial._trial_id in lost:
+            continue
+        try:
+            set_user_attrs(e.trial, e.user_attrs)
+            study.tell(e.trial, e.value if e.state == TrialState.COMPLETE else None, state=e.state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            # Optuna raises these for a trial finished meanwhile; anything else goes on up.
+            if not study._storage.get_trial(e.trial._trial_id).state.is_finished():
+                raise
+            lost.add(e.trial._trial_id)
+    return lost
 
 
 def _wait_for_space(storage: RDBStorage, study_name: str, timeout_s: float = 15.0) -> Any:

@@ -99,3 +99,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL server's URL (.ci/run starts one); skips the test where there is none,
+    fails it where REQUIRE_POSTGRES says there must be one."""
+    url = os.environ.get("STUDY_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail("REQUIRE_POSTGRES is set but STUDY_TEST_POSTGRES_URL is not")
+        pytest.skip("no PostgreSQL server: set STUDY_TEST_POSTGRES_URL (.ci/run starts one)")
+    return url

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from study.objective import Reports
 from study.run import main
-from study.storage import mask_url, open_storage, set_user_attrs
-from tests.conftest import db_digest
+from study.storage import (
+    TrialEnd,
+    finish_trials,
+    mask_url,
+    open_storage,
+    set_user_attrs,
+)
+from tests.conftest import db_digest, postgres_url
 
 
 def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -153,6 +161,71 @@ def test_reports_are_stored_in_one_write_as_trial_report_stores_them(
     assert reports.lost == {batch[0]._trial_id, alone[0]._trial_id}
     again = optuna.load_study(study_name=study.study_name, storage=storage).trials
     assert 3 not in again[0].intermediate_values
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "memory"])
+def test_trials_ended_in_one_transaction_are_stored_as_tell_stores_them(
+    workdir: Path, backend: str
+) -> None:
+    """finish_trials (the runner's end of a trial: one commit for a whole stack) stores each
+    trial's curve, attrs, state and value as trial.report, set_user_attr and study.tell do, a
+    pruned trial's value being its last reported one; a trial another process failed meanwhile
+    is reported lost and nothing of it is written. (The in-memory storage has no upsert: there
+    it falls back to Optuna's own calls.)"""
+    url = {"sqlite": "sqlite:///finish.db", "postgresql": None, "memory": None}[backend]
+    if backend == "postgresql":
+        url = postgres_url()
+    storage = open_storage(url, heartbeat_s=None) if url else optuna.storages.InMemoryStorage()
+    name = f"finish-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(storage=storage, study_name=name)
+    cases: list[tuple[list[float], TrialState, float | None]] = [
+        ([0.9, 0.5, 0.6], TrialState.COMPLETE, 0.5),
+        ([0.9, math.inf], TrialState.COMPLETE, math.inf),
+        ([0.9, 0.7], TrialState.PRUNED, None),  # stored with value 0.7
+        ([0.9, math.nan], TrialState.PRUNED, None),  # NaN: stored without a value
+        ([], TrialState.PRUNED, None),
+    ]
+    ended, told = [study.ask() for _ in cases], [study.ask() for _ in cases]
+    lost = study.ask()
+    reports = Reports(every_s=math.inf)
+    for trial, (curve, _, _) in zip(ended, cases, strict=True):
+        for step, v in enumerate(curve, 1):
+            reports.add(trial, step, v)
+    reports.add(lost, 1, 0.3)
+    for i, (trial, (curve, state, value)) in enumerate(zip(told, cases, strict=True)):
+        for step, v in enumerate(curve, 1):
+            trial.report(v, step)
+        trial.set_user_attr("case", i)
+        trial.set_user_attr("loss", "inf")
+        study.tell(trial, value, state=state)
+    # Another process fails `lost` meanwhile (as a stale trial).
+    other = optuna.load_study(study_name=name, storage=url or storage)
+    other.tell(lost.number, state=TrialState.FAIL)
+    ends = [
+        TrialEnd(trial, state, value, {"case": i, "loss": "inf"})
+        for i, (trial, (_, state, value)) in enumerate(zip(ended, cases, strict=True))
+    ]
+    assert finish_trials(
+        study, [*ends, TrialEnd(lost, TrialState.COMPLETE, 0.3, {"case": 9})], reports.take()
+    ) == {lost._trial_id}
+    stored = optuna.load_study(study_name=name, storage=url or storage).trials
+    n = len(cases)
+    for a, b in zip(stored[:n], stored[n : 2 * n], strict=True):
+        assert (a.state, str(a.values), str(a.intermediate_values), a.user_attrs) == (
+            b.state,
+            str(b.values),
+            str(b.intermediate_values),
+            b.user_attrs,
+        )
+        assert a.datetime_complete is not None and a.datetime_complete >= a.datetime_start
+    assert [t.values for t in stored[:n]] == [[0.5], [math.inf], [0.7], None, None]
+    assert (stored[-1].state, stored[-1].values, stored[-1].user_attrs) == (
+        TrialState.FAIL,
+        None,
+        {},
+    )
+    if url:  # (an in-memory storage holds the trial objects that Reports.add writes into)
+        assert stored[-1].intermediate_values == {}
 
 
 def _open_at_once(url: str, barrier: Any, errors: Any) -> None:

@@ -18,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study.runner import SURPLUS
-from tests.conftest import SLOW_SPACE, free_port, load, wait_until, write_space
+from tests.conftest import SLOW_SPACE, free_port, load, postgres_url, wait_until, write_space
 
 # Short trials: two tiny widths, two epochs.
 QUICK = """
@@ -213,17 +213,8 @@ def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(workdir: Path) -> 
     assert not [t for t in trials_of(url, "slow") if t.state == TrialState.RUNNING]
 
 
-def _postgres_url() -> str:
-    url = os.environ.get("STUDY_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("REQUIRE_POSTGRES"):
-            pytest.fail("REQUIRE_POSTGRES is set but STUDY_TEST_POSTGRES_URL is not")
-        pytest.skip("no PostgreSQL server: set STUDY_TEST_POSTGRES_URL (.ci/run starts one)")
-    return url
-
-
 def test_three_workers_on_postgresql_as_on_three_machines(workdir: Path) -> None:
-    url = _postgres_url()
+    url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     path = write_space(workdir, "quick", QUICK)
     # Three separate commands started together, each as it would be on its own machine.
