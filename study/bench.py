@@ -3,7 +3,8 @@
 Measures, in one run on this machine, and writes ``bench.json`` and a table:
 
 * the fp32 matmul peak (torch, 1 thread as trials use, and all threads);
-* training FLOP/s per width (~ 6 x weights x samples / seconds) and its fraction of that peak;
+* training FLOP/s per width (~ 6 x weights x samples / seconds) and its fraction of that peak,
+  of a whole run (with its setup and evaluations) and of its training steps alone;
 * ``trial.report`` latency (median, 99th percentile) on the tool's SQLite and on a default one;
 * the default study run by the tool (its defaults: one worker per core, stacking on), the same
   space with no pruning, no early stopping, no stacking and one trial at a time (the reference
@@ -97,12 +98,16 @@ def training_flops(
             epochs + 1
         )
         gflops = flops / r.seconds / 1e9
+        # The training steps alone: the run less its setup (model, optimizer, the evaluation
+        # before training) and its per-epoch evaluations.
+        steps = r.seconds - r.setup_seconds - r.eval_seconds - r.callback_seconds
         rows.append(
             {
                 "width": width,
                 "params": count_parameters(model),
                 "seconds_per_epoch": r.seconds / epochs,
                 "gflops": gflops,
+                "steps_gflops": 6 * weights * len(data.x_train) * epochs / steps / 1e9,
             }
         )
     return rows
@@ -342,15 +347,17 @@ def _table(res: dict[str, Any]) -> str:
             "GFLOP/s (1 thread)"
         ]
         lines.append(
-            "width  params     s/epoch  GFLOP/s  of peak   |  bf16: s/epoch  GFLOP/s  "
-            "of fp32 peak  of bf16 peak"
+            "width  params     s/epoch  GFLOP/s  of peak  steps: GFLOP/s  of peak   |  "
+            "bf16: s/epoch  GFLOP/s  of fp32 peak  of bf16 peak"
         )
     else:
-        lines.append("width  params     s/epoch  GFLOP/s  of peak")
+        lines.append("width  params     s/epoch  GFLOP/s  of peak  steps: GFLOP/s  of peak")
+    peak = res["peak_gflops_1thread"]
     for i, r in enumerate(res["training"]):
         line = (
             f"{r['width']:>5}  {r['params']:>9,}  {r['seconds_per_epoch']:7.3f}  "
-            f"{r['gflops']:7.1f}  {r['gflops'] / res['peak_gflops_1thread']:6.0%}"
+            f"{r['gflops']:7.1f}  {r['gflops'] / peak:6.0%}  "
+            f"{r['steps_gflops']:14.1f}  {r['steps_gflops'] / peak:7.0%}"
         )
         if bf16:
             b = bf16[i]

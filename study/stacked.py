@@ -205,6 +205,7 @@ def train_stacked(
     x_val = data.x_val.unsqueeze(0)
     factor = 1.0
     eval_seconds = callback_seconds = 0.0
+    setup_seconds = time.perf_counter() - start
     for epoch in range(1, cfg.epochs + 1):
         if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs), stepped per epoch
             factor = (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2
@@ -272,9 +273,10 @@ def train_stacked(
             live = [live[row] for row in keep]
     seconds = (time.perf_counter() - start) / k
     for r in results:  # each member's share of the stack's time
-        r.seconds, r.eval_seconds, r.callback_seconds = (
+        r.seconds, r.eval_seconds, r.callback_seconds, r.setup_seconds = (
             seconds,
             eval_seconds / k,
             callback_seconds / k,
+            setup_seconds / k,
         )
     return results

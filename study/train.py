@@ -70,9 +70,11 @@ class TrainResult:
     # Stopped by the space's training.patience: no better validation loss for that many epochs.
     early_stopped: bool = False
     # Parts of ``seconds`` (host clock; exact on CPU, where every op is synchronous): the
-    # per-epoch evaluation, and the caller's ``on_epoch`` (storage writes, the pruner).
+    # per-epoch evaluation, the caller's ``on_epoch`` (storage writes, the pruner), and the
+    # setup before the first epoch (the model, its optimizer, the evaluation before training).
     eval_seconds: float = 0.0
     callback_seconds: float = 0.0
+    setup_seconds: float = 0.0
 
 
 class FusedOptimizer:
@@ -380,6 +382,7 @@ def train(
         n_params=count_parameters(model),
         seconds=0.0,
     )
+    result.setup_seconds = time.perf_counter() - start
     for epoch in range(1, cfg.epochs + 1):
         if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs) stepped per epoch,
             factor = (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2  # closed form

@@ -239,3 +239,31 @@ def test_early_stopping_ends_the_run_and_changes_nothing_before_it(tmp_path: Pat
     )
     whole = train(last, data, 64, 5e-2, seed=3)
     assert whole.curve == early.curve and not whole.early_stopped
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_runs_time_is_split_into_setup_evaluation_callback_and_steps(
+    tmp_path: Path, stacked: bool
+) -> None:
+    """The bench's steps-only FLOP/s is the run's time less its setup, evaluations and
+    callback: each part is measured, and together they stay within the run's time."""
+    import time
+
+    space = _space(tmp_path, "adam", "sp")
+    data = load_dataset(space.dataset, space.seed)
+    inside = []
+
+    def on_epoch(*_: object) -> bool | list[bool]:
+        t = time.perf_counter()
+        sum(range(20_000))  # some work of the caller's, timed here too
+        inside.append(time.perf_counter() - t)
+        return [False, False] if stacked else False
+
+    if stacked:
+        r = train_stacked(space, data, 16, [1e-3, 1e-2], [0, 1], on_epoch)[0]
+        share = 2  # each member gets its share of the stack's time
+    else:
+        r, share = train(space, data, 16, 1e-3, 0, on_epoch), 1
+    assert r.setup_seconds > 0 and r.eval_seconds > 0
+    assert r.callback_seconds >= sum(inside) / share
+    assert r.setup_seconds + r.eval_seconds + r.callback_seconds < r.seconds
