@@ -521,9 +521,12 @@ def run_workers(
     ]
     for p in procs:
         p.start()
-    pids = ", ".join(str(p.pid) for p in procs)
-    here = f" and this one ({os.getpid()})" if objective is not None else ""
-    say(f"workers:   {len(configs)} processes (pids {pids}){here}")
+    pids = f"(pid{'s' if len(procs) > 1 else ''} {', '.join(str(p.pid) for p in procs)})"
+    if objective is not None:  # e.g. "2 processes: this one (918) and 1 started (pid 922)"
+        here = f"this one ({os.getpid()}) and {len(procs)}"
+        say(f"workers:   {len(configs)} processes: {here} started {pids}")
+    else:
+        say(f"workers:   {len(configs)} processes started {pids}")
     reported: set[int] = set()
     status = 0
 

@@ -74,8 +74,10 @@ def _worker_pids(proc: subprocess.Popen) -> list[int]:
     while line and not line.startswith("workers:"):
         line = proc.stdout.readline()
     assert line, "the run printed no worker pids"
-    # "workers:   3 processes (pids 11, 12) and this one (10)": the spawned ones
-    return [int(p) for p in re.findall(r"\d+", line.split("(pids")[1].split(")")[0])]
+    # "workers:   3 processes: this one (10) and 2 started (pids 11, 12)": the started ones
+    started = re.search(r"started \(pids? ([\d, ]+)\)", line)
+    assert started, line
+    return [int(p) for p in started.group(1).split(", ")]
 
 
 def test_four_workers_on_sqlite_reach_the_exact_total(workdir: Path) -> None:
@@ -113,7 +115,7 @@ def test_workers_started_either_way_end_cleanly_at_the_exact_total(
     args = ["--space", str(path), "--trials", "12", "--workers", "2", "--storage", "sqlite:///m.db"]
     assert study.run.main([*args, "--no-report"]) == 0
     out = capsys.readouterr().out
-    child = int(re.search(r"pids (\d+)\)", out).group(1))  # type: ignore[union-attr]
+    child = int(re.search(r"started \(pid (\d+)\)", out).group(1))  # type: ignore[union-attr]
     assert "ended with" not in out  # the worker process exited with status 0
     trials = assert_exact("sqlite:///m.db", "quick", 12)
     # Each trial names the process that ran it: this one (worker 0) or the child.
