@@ -217,7 +217,9 @@ class MLPStep:
     Autograd's bookkeeping and a fresh gradient tensor per parameter per step cost 9% of an
     epoch's training at width 1024 and 10% at 512 on one CPU thread (:func:`train`, 5 epochs,
     median of 5 alternating runs: 99.1 -> 89.9 ms, 31.2 -> 28.0 ms; 13.7 -> 10.8 ms at 256).
-    ``zero_grad`` is not needed: every step overwrites every gradient.
+    ``zero_grad`` is not needed: every step overwrites every gradient. ReLU and its backward
+    run in place (bit for bit the same; at width 512 an epoch 2% faster, 33.1 -> 32.3 ms,
+    medians of 8 alternating runs; no change measured at 1024).
     """
 
     def __init__(self, model: Model) -> None:
@@ -247,7 +249,7 @@ class MLPStep:
         """The minibatch's mean cross-entropy; the gradients are in the parameters' ``grad``."""
         acts = [x]
         for lin in self.linears:
-            acts.append(torch.relu(torch.addmm(lin.bias, acts[-1], lin.weight.t())))
+            acts.append(torch.relu_(torch.addmm(lin.bias, acts[-1], lin.weight.t())))
         z = acts[-1] if self.mult is None else acts[-1] / self.mult
         logits = torch.addmm(self.out.bias, z, self.out.weight.t())
         logp = torch._log_softmax(logits, 1, False)
@@ -261,7 +263,7 @@ class MLPStep:
             g = g / self.mult
         for i in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[i]
-            g = torch.ops.aten.threshold_backward(g, acts[i + 1], 0)
+            g = torch.ops.aten.threshold_backward.grad_input(g, acts[i + 1], 0, grad_input=g)
             torch.mm(g.t(), acts[i], out=lin.weight.grad)
             torch.sum(g, 0, keepdim=True, out=lin.bias.grad.view(1, -1))
             if i:
