@@ -194,9 +194,7 @@ def _tell(study: optuna.Study, ends: list[TrialEnd], reports: Reports) -> list[T
         (its stale check saw no heartbeat from here for the grace period, e.g. while this
         machine was suspended) and queued its retry, which runs in its place.
     """
-    lost = finish_trials(
-        study, ends, [r for r in reports.take() if r[0]._trial_id not in reports.lost]
-    )
+    lost = finish_trials(study, ends, reports.take())  # a lost trial's reports are dropped
     reports.lost |= lost
     for e in ends:
         if e.trial._trial_id in lost:
