@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--storage", default="sqlite:///naive.db")
     args = p.parse_args()
     space = load_space(args.space)
+    torch.manual_seed(space.seed)  # one seed at the top, so that a run can be made again
     data = load_dataset(space.dataset, space.seed)
     train_set = TensorDataset(data.x_train, data.y_train)
 
