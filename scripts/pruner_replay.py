@@ -91,7 +91,7 @@ def replay(
             if epoch < len(curve) and trial.should_prune():
                 stopped = True
                 break
-            if out_of_patience(epoch, best_epoch, patience):
+            if out_of_patience(epoch, best_epoch, patience, len(curve)):
                 break  # early stopping: the trial completes with its best loss
         finite = [v for v in curve[:epoch] if math.isfinite(v)]
         best = min(finite) if finite else math.inf

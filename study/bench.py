@@ -41,9 +41,9 @@ from study.analysis import analyze, points_from_trials
 from study.data import load_dataset
 from study.model import build_model, count_parameters
 from study.run import default_workers
-from study.space import load_space, resolve_space_path
+from study.space import Space, load_space, resolve_space_path
 from study.storage import open_storage, use_wal
-from study.train import matmul_arithmetic, train
+from study.train import matmul_arithmetic, matmul_precision, train
 
 __all__ = ["inside_interval", "lr_star_moves", "main", "matmul_peak", "study_facts"]
 
@@ -56,19 +56,17 @@ def matmul_peak(
     """GFLOP/s of an fp32 n x n matmul with ``threads`` torch threads (best of repeated runs),
     under torch's float32 matmul ``precision`` ("medium": bf16 where the CPU has it)."""
     before = torch.get_num_threads()
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     best = 0.0
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    with matmul_precision(precision):
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            for _ in range(5):
+                a @ b
+            best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     torch.set_num_threads(before)
-    torch.set_float32_matmul_precision(previous)
     return best
 
 
@@ -139,6 +137,11 @@ def report_latency(folder: Path, n: int = 300) -> dict[str, dict[str, float]]:
 def bf16_here() -> bool:
     """Whether this CPU multiplies float32 matrices in bf16 under matmul_precision "medium"."""
     return matmul_arithmetic("medium", torch.device("cpu")) == "bf16"
+
+
+def measures_bf16(space: Space) -> bool:
+    """Whether the bench measures bf16 matmuls too: this CPU has them and the space is fp32."""
+    return bf16_here() and space.training.matmul_precision == "highest"
 
 
 def _timed(cmd: list[str], cwd: Path) -> float:
@@ -250,7 +253,7 @@ def compare_studies(
     space_files = {"tool": space_path, "reference": no_prune, "naive": space_path}
     # The tool again with bf16 matmuls (training.matmul_precision = "medium"), where this CPU
     # has them and the space multiplies in fp32: judged against the same fp32 reference.
-    if bf16_here() and space.training.matmul_precision == "highest":
+    if measures_bf16(space):
         bf16_space = folder / f"{space.name}_bf16.toml"
         bf16_space.write_text(
             _with_key(space_path.read_text(), "training", "matmul_precision", '"medium"')
@@ -451,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["peak_gflops_1thread"] = matmul_peak(1)
     res["peak_gflops_all"] = matmul_peak(os.cpu_count() or 1)
     res["training"] = training_flops(args.space)
-    if bf16_here() and load_space(args.space).training.matmul_precision == "highest":
+    if measures_bf16(load_space(args.space)):
         res["peak_gflops_1thread_bf16"] = matmul_peak(1, precision="medium")
         res["training_bf16"] = training_flops(args.space, precision="medium")
     res["report_latency"] = report_latency(folder)

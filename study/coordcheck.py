@@ -69,7 +69,7 @@ def coord_check(
     data = load_dataset(space.dataset, space.seed)
     probe = data.x_train[:batch_size]
     out = np.zeros((steps + 1, len(widths)))
-    with matmul_precision(space):  # as the study trains
+    with matmul_precision(space.training.matmul_precision):  # as the study trains
         for j, width in enumerate(widths):
             for seed in range(seeds):
                 torch.manual_seed(seed)

@@ -259,9 +259,7 @@ def train_stacked(
                 results[member].diverged = True
             elif stop:
                 results[member].stopped = True
-            elif epoch < cfg.epochs and out_of_patience(
-                epoch, results[member].best_epoch, cfg.patience
-            ):
+            elif out_of_patience(epoch, results[member].best_epoch, cfg.patience, cfg.epochs):
                 results[member].early_stopped = True
             else:
                 keep.append(row)

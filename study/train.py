@@ -279,9 +279,10 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
     return loss, acc
 
 
-def out_of_patience(epoch: int, best_epoch: int, patience: int) -> bool:
-    """Early stopping: ``patience`` (> 0) epochs have passed without a better validation loss."""
-    return patience > 0 and epoch - best_epoch >= patience
+def out_of_patience(epoch: int, best_epoch: int, patience: int, epochs: int) -> bool:
+    """Early stopping: ``patience`` (> 0) epochs have passed without a better validation loss,
+    before the run's last epoch (a run that ends there anyway has not stopped early)."""
+    return patience > 0 and epoch < epochs and epoch - best_epoch >= patience
 
 
 def matmul_arithmetic(precision: str, device: torch.device) -> str:
@@ -304,11 +305,11 @@ def matmul_arithmetic(precision: str, device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def matmul_precision(space: Space) -> Iterator[None]:
-    """Run the block under the space's ``training.matmul_precision`` (torch's process-wide
-    setting), and put the previous one back after it."""
+def matmul_precision(precision: str) -> Iterator[None]:
+    """Run the block under torch's float32 matmul ``precision`` (a space's
+    ``training.matmul_precision``; a process-wide setting), and put the previous one back."""
     previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(space.training.matmul_precision)
+    torch.set_float32_matmul_precision(precision)
     try:
         yield
     finally:
@@ -322,7 +323,7 @@ def under_matmul_precision(
 
     @functools.wraps(run)
     def wrapped(space: Space, *args: P.args, **kwargs: P.kwargs) -> R:
-        with matmul_precision(space):
+        with matmul_precision(space.training.matmul_precision):
             return run(space, *args, **kwargs)
 
     return wrapped
@@ -434,7 +435,7 @@ def train(
         if stop:
             result.stopped = True
             break
-        if epoch < cfg.epochs and out_of_patience(epoch, result.best_epoch, cfg.patience):
+        if out_of_patience(epoch, result.best_epoch, cfg.patience, cfg.epochs):
             result.early_stopped = True
             break
         if plateau is not None:
