@@ -8,7 +8,7 @@ pruned trials are hollow markers; the lr range is drawn as dashed lines.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -226,10 +226,13 @@ def save_png_figures(
     out: Path,
     panels: Sequence[Panel],
     curves: dict[int, list[float]],
-    importances: dict[str, dict[str, float]],
-    importance_note: str = "",
+    importances: Callable[[], tuple[dict[str, dict[str, float]], str]],
 ) -> list[Path]:
-    """Write the PNG figures of the first panel (and the side-by-side ones if several)."""
+    """Write the PNG figures of the first panel (and the side-by-side ones if several).
+
+    ``importances`` gives the importances by evaluator and a note; it is called last, for the
+    last figure, so that they can be computed elsewhere meanwhile.
+    """
     label, points, fit, _ = panels[0]
     widths = [e.width for e in fit.widths]
     jobs = {
@@ -237,16 +240,10 @@ def save_png_figures(
         "lr_star_vs_width.png": (lambda ax: _lr_star(ax, panels[:1]), (7, 5)),
         "isolation.png": (lambda ax: _isolation(ax, panels[:1]), (6.5, 4.5)),
         "training_curves.png": (lambda ax: _curves(ax, curves, widths), (7, 4.5)),
-        "importance.png": (lambda ax: _importance(ax, importances, importance_note), (6, 4.5)),
         "contour.png": (lambda ax: _contour(ax, points), (7, 5)),
+        "importance.png": (lambda ax: _importance(ax, *importances()), (6, 4.5)),
     }
     written = []
-    for name, (draw, size) in jobs.items():
-        fig, ax = plt.subplots(figsize=size, layout="constrained")
-        draw(ax)
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        written.append(out / name)
     if len(panels) > 1:
         fig, ax = plt.subplots(figsize=(7.5, 5.5), layout="constrained")
         _lr_star(ax, panels)
@@ -260,6 +257,12 @@ def save_png_figures(
         fig.savefig(out / "compare_loss_vs_lr.png", dpi=110)
         plt.close(fig)
         written += [out / "compare_lr_star_vs_width.png", out / "compare_loss_vs_lr.png"]
+    for name, (draw, size) in jobs.items():
+        fig, ax = plt.subplots(figsize=size, layout="constrained")
+        draw(ax)
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
     return written
 
 

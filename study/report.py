@@ -13,14 +13,19 @@ import csv
 import html
 import json
 import math
+import multiprocessing
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from study._errors import UserError
@@ -28,7 +33,14 @@ from study.analysis import Fit, Point, analyze, headline, points_from_trials
 from study.sampling import LR, WIDTH
 from study.storage import DEFAULT_STORAGE, mask_url, open_storage, require_existing
 
-__all__ = ["StudyReport", "load_report_study", "main", "write_report"]
+__all__ = [
+    "PendingImportances",
+    "StudyReport",
+    "importances_of",
+    "load_report_study",
+    "main",
+    "write_report",
+]
 
 DASHBOARD_FIGURE_ID = "lr_star_vs_width"
 
@@ -198,10 +210,23 @@ def _best_curves(rep: StudyReport) -> dict[int, list[float]]:
     return curves
 
 
-def _importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str]:
-    """PED-ANOVA and fANOVA importances of width and lr over COMPLETE trials."""
+Importances = tuple[dict[str, dict[str, float]], str]
+
+
+def importances_of(trials: Sequence[FrozenTrial], direction: StudyDirection | Any) -> Importances:
+    """PED-ANOVA and fANOVA importances of width and lr over the COMPLETE ``trials``.
+
+    Computed on an in-memory copy of those trials (what both evaluators read of a study), so that
+    another process can compute them without the study's storage. Returns the importances by
+    evaluator and a note naming any evaluator that could not compute them.
+    """
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
+    storage = optuna.storages.InMemoryStorage()
+    copy = optuna.Study(
+        storage.get_study_name_from_id(storage.create_new_study([direction])), storage
+    )
+    copy.add_trials([t for t in trials if t.state == TrialState.COMPLETE])
     out: dict[str, dict[str, float]] = {}
     notes = []
     for name, ev in (
@@ -211,10 +236,65 @@ def _importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out[name] = dict(optuna.importance.get_param_importances(study, evaluator=ev))
+                out[name] = dict(optuna.importance.get_param_importances(copy, evaluator=ev))
         except (ValueError, RuntimeError) as e:
             notes.append(f"{name}: {str(e).splitlines()[0]}")
     return out, "; ".join(notes)
+
+
+def _importances_child(conn: Connection, trials: list[FrozenTrial], direction: Any) -> None:
+    # Ctrl-C reaches this process too: the parent alone handles it, and stops this one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # as in the parent (a spawned child)
+    conn.send(importances_of(trials, direction))
+    conn.close()
+
+
+class PendingImportances:
+    """A study's importances, computed in a second process while this one draws the rest.
+
+    fANOVA is most of a report's time (importing scikit-learn, then its forest's variances),
+    and the rest of the report needs none of it. Forked on Linux (the child gets the trials
+    without copying them and touches no storage), spawned elsewhere; only the result is sent
+    back. Where no process can be started, or it dies, :meth:`result` computes them here.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._args = (study.get_trials(deepcopy=False), study.direction)
+        self._proc: BaseProcess | None = None
+        self._conn: Connection | None = None
+        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        try:
+            self._conn, child_end = ctx.Pipe(duplex=False)
+            self._proc = ctx.Process(
+                target=_importances_child, args=(child_end, *self._args), daemon=True
+            )
+            self._proc.start()
+            child_end.close()
+        except OSError:  # no process to be had here
+            self.close()
+
+    def result(self) -> Importances:
+        try:
+            if self._conn is not None:
+                try:
+                    return self._conn.recv()  # type: ignore[no-any-return]
+                except EOFError:  # the process died before sending them: compute them here
+                    pass
+            return importances_of(*self._args)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the process if its result was never asked for (an error on the way)."""
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+            self._proc.join()
+            self._proc = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _note_markdown(rep: StudyReport, storage_url: str) -> str:
@@ -318,8 +398,28 @@ def write_report(
     storage_url: str,
     others: Sequence[StudyReport] = (),
     dashboard: bool = True,
+    importances: PendingImportances | None = None,
 ) -> list[Path]:
-    """Write every file of the report into ``out``; save the figure and note into the study."""
+    """Write every file of the report into ``out``; save the figure and note into the study.
+
+    ``importances``: those of ``rep``'s study, started before (see :class:`PendingImportances`);
+    else they are started here.
+    """
+    pending = importances or PendingImportances(rep.study)
+    try:
+        return _write_report(rep, out, storage_url, others, dashboard, pending)
+    finally:
+        pending.close()
+
+
+def _write_report(
+    rep: StudyReport,
+    out: Path,
+    storage_url: str,
+    others: Sequence[StudyReport],
+    dashboard: bool,
+    importances: PendingImportances,
+) -> list[Path]:
     from study import figures
 
     out.mkdir(parents=True, exist_ok=True)
@@ -338,9 +438,6 @@ def write_report(
         }
         (out / "compare.json").write_text(json.dumps(compare, indent=2) + "\n")
         written.append(out / "compare.json")
-    importances, imp_note = _importances(rep.study)
-    written += figures.save_png_figures(out, panels, _best_curves(rep), importances, imp_note)
-
     lr_fig = figures.plotly_lr_star(panels)
     interactive: list[tuple[str, Any]] = [
         ("Optimal learning rate vs width", lr_fig),
@@ -376,6 +473,8 @@ def write_report(
             rep.study, lr_fig, graph_object_id=DASHBOARD_FIGURE_ID
         )
         optuna_dashboard.save_note(rep.study, _note_markdown(rep, storage_url))
+    # Last: the importances' figure waits for them.
+    written += figures.save_png_figures(out, panels, _best_curves(rep), importances.result)
     return written
 
 
@@ -409,18 +508,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.bootstrap < 10:
             raise UserError(f"--bootstrap must be at least 10, got {args.bootstrap}")
-        rep = analyse_study(load_report_study(args.storage, args.study_name), args.bootstrap)
-        others = [
-            analyse_study(
-                load_report_study(args.compare_storage or args.storage, name), args.bootstrap
-            )
-            for name in args.compare
+        study = load_report_study(args.storage, args.study_name)
+        compared = [
+            load_report_study(args.compare_storage or args.storage, name) for name in args.compare
         ]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out or Path("reports") / rep.name)
-    write_report(rep, out, args.storage, others, dashboard=not args.no_dashboard)
+    pending = PendingImportances(study)  # in a second process while this one analyses
+    try:
+        rep = analyse_study(study, args.bootstrap)
+        others = [analyse_study(s, args.bootstrap) for s in compared]
+        out = Path(args.out or Path("reports") / rep.name)
+        write_report(rep, out, args.storage, others, not args.no_dashboard, pending)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        pending.close()
     for r in (rep, *others):
         print(headline(r.fit, r.name))
         if r.fit.note:
@@ -430,4 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the trials are untouched; files written so far may be partial
+        print("\ninterrupted: run the same command again for a whole report", file=sys.stderr)
+        sys.exit(130)

@@ -6,7 +6,9 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -16,7 +18,7 @@ from optuna_dashboard._custom_plot_data import SYSTEM_ATTR_PLOT_DATA
 
 from study import report
 from study.run import main as run_main
-from tests.conftest import db_digest, free_port, load
+from tests.conftest import db_digest, free_port, load, wait_until
 
 URL = "sqlite:///r.db"
 
@@ -289,3 +291,68 @@ def test_real_dashboard_serves_the_saved_figure_and_note(db: Path, workdir: Path
     assert "How the optimal learning rate shifts with width" in detail["note"]["body"]
     assert [g["id"] for g in detail["plotly_graph_objects"]] == [report.DASHBOARD_FIGURE_ID]
     assert len(detail["trials"]) == 18
+
+
+def _stored_importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """What Optuna's own evaluators give on the stored study, in this process."""
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    return {
+        name: dict(optuna.importance.get_param_importances(study, evaluator=ev))
+        for name, ev in (
+            ("PED-ANOVA", PedAnovaImportanceEvaluator()),
+            ("fANOVA", FanovaImportanceEvaluator(seed=0)),
+        )
+    }
+
+
+def test_importances_from_the_second_process_are_those_of_the_stored_study(db: Path) -> None:
+    study = load(URL, "smoke")
+    expected = _stored_importances(study)
+    assert set(expected["fANOVA"]) == {"width", "lr"}
+    pending = report.PendingImportances(study)
+    assert pending.result() == (expected, "")
+
+
+def test_importances_are_computed_here_when_the_second_process_dies(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = load(URL, "smoke")
+    monkeypatch.setattr(report, "_importances_child", lambda *args: os._exit(3))
+    pending = report.PendingImportances(study)
+    proc = pending._proc
+    assert proc is not None
+    assert pending.result() == (_stored_importances(study), "")
+    assert proc.exitcode == 3  # it did die: the result came from this process
+
+
+def test_ctrl_c_stops_the_report_and_all_its_processes_with_one_line(db: Path) -> None:
+    before = [(t.number, t.state, t.value) for t in load(URL, "smoke").trials]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study.report", "--storage", URL, "--study-name", "smoke"],
+        cwd=db.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    # Once the page is written, it saves into the study and draws the PNGs. (Earlier, Ctrl-C
+    # can land in a C extension's import, e.g. numpy.random's, which loses it: Python's doing.)
+    page = db.parent / "reports" / "smoke" / "report.html"
+    wait_until(page.exists, 60, "report.html")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip() == "interrupted: run the same command again for a whole report"
+    with pytest.raises(ProcessLookupError):  # none of its processes is left
+        os.killpg(proc.pid, 0)
+    assert [(t.number, t.state, t.value) for t in load(URL, "smoke").trials] == before
+
+
+def test_a_report_stopped_on_the_way_stops_its_second_process(db: Path) -> None:
+    pending = report.PendingImportances(load(URL, "smoke"))
+    proc = pending._proc
+    assert proc is not None
+    pending.close()  # what an error or Ctrl-C before the importances are asked for does
+    # Stopped, not waited for: fANOVA takes far longer than this test's few milliseconds.
+    assert proc.exitcode == -signal.SIGTERM
