@@ -144,6 +144,28 @@ def measures_bf16(space: Space) -> bool:
     return bf16_here() and space.training.matmul_precision == "highest"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says, else ""."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def machine() -> str:
+    """The bench's machine line: the figures are this CPU's (its model and the vector
+    instructions torch's kernels use here), so a table says which machine made it."""
+    cpu = cpu_name() or "unknown CPU"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {cpu} (torch's CPU kernels: "
+        f"{torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+        f"optuna {optuna.__version__}"
+    )
+
+
 def _timed(cmd: list[str], cwd: Path) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
@@ -446,8 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     res: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"optuna {optuna.__version__}",
+        "machine": machine(),
         "threads_all": os.cpu_count(),
         "command": "python -m study.bench " + " ".join(sys.argv[1:] if argv is None else argv),
     }

@@ -52,3 +52,24 @@ def test_the_studies_run_on_a_space_given_as_a_relative_path(workdir: Path) -> N
         assert out[name]["trials"] == 8, name
     assert set(out["tool"]["lr_star"]) == {"8", "16", "32"}
     assert (workdir / "bench" / "mine_nopruning.toml").exists()
+
+
+def test_the_machine_line_names_the_cpu_and_its_vector_kernels() -> None:
+    import platform
+
+    import torch
+
+    from study.bench import machine
+
+    line = machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        if names:
+            assert f", {names[0]} (" in line
+    assert f"(torch's CPU kernels: {torch.backends.cpu.get_cpu_capability()})" in line
+    assert line.startswith(f"{platform.machine()}, ")
