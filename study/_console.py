@@ -85,7 +85,9 @@ class Progress:
         done_here = counts.finished - self._first_done
         elapsed = now - self._start
         left = "?"
-        if done_here > 0:
+        if counts.finished >= self.target:
+            left = _duration(0)
+        elif done_here > 0:
             left = _duration(elapsed / done_here * max(self.target - counts.finished, 0))
         best = f"{counts.best:.4f}" if counts.best is not None else "-"
         width = 24

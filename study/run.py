@@ -308,10 +308,10 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
     stack_max_width = args.stack_max_width
     if stack_max_width is None:
         stack_max_width = default_stack_max_width(device, space.model.widths)
+    finished = count_trials(study.get_trials(deepcopy=False)).finished
     workers = args.workers
     if workers is None:
-        left = args.trials - count_trials(study.get_trials(deepcopy=False)).finished
-        workers = default_workers(device, args.threads, left)
+        workers = default_workers(device, args.threads, args.trials - finished)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     shown = mask_url(args.storage)
     resume = ["python", "-m", "study.run", "--trials", str(args.trials)]
@@ -344,7 +344,12 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
     progress = Progress(args.trials, quiet=args.quiet)
     status = 0
     try:
-        if workers == 1:
+        if finished >= args.trials:  # the same command again after the study ended
+            say(
+                f"workers:   none: {finished} trials are finished, the target is {args.trials}"
+                " (a larger --trials runs more)"
+            )
+        elif workers == 1:
             say("workers:   1 process")
             run_trials(
                 study,

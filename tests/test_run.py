@@ -83,6 +83,23 @@ def test_trials_is_the_total_resume_reaches_it_and_never_exceeds_it(workdir: Pat
     assert not set(first) & {t.params["lr"] for t in trials[6:]}
 
 
+def test_the_same_command_on_a_finished_study_says_so_and_prints_its_line_once(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--space", "smoke", "--storage", "sqlite:///s.db", "--no-report", "--workers", "1"]
+    assert main([*args, "--trials", "6"]) == 0
+    capsys.readouterr()
+    before = db_digest(workdir / "s.db")
+    assert main([*args, "--trials", "6"]) == 0
+    out, err = capsys.readouterr()
+    assert "workers:   none: 6 trials are finished, the target is 6" in out, out
+    assert "workers:   1 process" not in out
+    lines = err.splitlines()  # not a terminal: the progress line is printed, once
+    assert len(lines) == 1 and lines[0].startswith("[") and "6/6 trials" in lines[0], err
+    assert lines[0].endswith("0:00 left"), lines[0]
+    assert db_digest(workdir / "s.db") == before
+
+
 def test_a_fresh_study_with_the_same_seed_is_reproducible(workdir: Path) -> None:
     for name in ("a", "b"):
         assert (
