@@ -349,6 +349,8 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
                 f"workers:   none: {finished} trials are finished, the target is {args.trials}"
                 " (a larger --trials runs more)"
             )
+            # Nothing to train; this still fails any trial a killed run left RUNNING.
+            run_trials(study, Objective(space, device), args.trials)
         elif workers == 1:
             say("workers:   1 process")
             run_trials(
