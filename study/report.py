@@ -9,6 +9,7 @@ example SP vs muP). Nothing else is ever written to a study.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import html
 import json
@@ -213,7 +214,7 @@ def _best_curves(rep: StudyReport) -> dict[int, list[float]]:
 Importances = tuple[dict[str, dict[str, float]], str]
 
 
-def importances_of(trials: Sequence[FrozenTrial], direction: StudyDirection | Any) -> Importances:
+def importances_of(trials: Sequence[FrozenTrial], direction: StudyDirection) -> Importances:
     """PED-ANOVA and fANOVA importances of width and lr over the COMPLETE ``trials``.
 
     Computed on an in-memory copy of those trials (what both evaluators read of a study), so that
@@ -242,11 +243,15 @@ def importances_of(trials: Sequence[FrozenTrial], direction: StudyDirection | An
     return out, "; ".join(notes)
 
 
-def _importances_child(conn: Connection, trials: list[FrozenTrial], direction: Any) -> None:
+def _importances_child(
+    conn: Connection, trials: list[FrozenTrial], direction: StudyDirection
+) -> None:
     # Ctrl-C reaches this process too: the parent alone handles it, and stops this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # as in the parent (a spawned child)
-    conn.send(importances_of(trials, direction))
+    result = importances_of(trials, direction)
+    with contextlib.suppress(BrokenPipeError):  # the parent is gone (killed): nobody to tell
+        conn.send(result)
     conn.close()
 
 
