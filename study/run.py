@@ -29,6 +29,7 @@ from study.objective import Objective
 from study.runner import (
     CPU_STACK_MAX_WIDTH,
     WorkerConfig,
+    fail_stale,
     quiet_sqlalchemy_log,
     run_trials,
     run_workers,
@@ -349,8 +350,7 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
                 f"workers:   none: {finished} trials are finished, the target is {args.trials}"
                 " (a larger --trials runs more)"
             )
-            # Nothing to train; this still fails any trial a killed run left RUNNING.
-            run_trials(study, Objective(space, device), args.trials)
+            fail_stale(study)  # nothing to train, but a killed run's RUNNING trial is failed
         elif workers == 1:
             say("workers:   1 process")
             run_trials(

@@ -49,6 +49,7 @@ from study.train import TrainResult, train
 __all__ = [
     "CPU_STACK_MAX_WIDTH",
     "WorkerConfig",
+    "fail_stale",
     "quiet_sqlalchemy_log",
     "run_trials",
     "run_workers",
@@ -82,7 +83,7 @@ _SLOT_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, Tria
 _last_stale_check: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
-def _fail_stale(study: optuna.Study) -> None:
+def fail_stale(study: optuna.Study) -> None:
     """Fail the trials whose process died and queue each again right away.
 
     Looks at most once per heartbeat interval (a trial goes stale only after two of them).
@@ -369,7 +370,7 @@ def run_trials(
     """
     sampler = study.sampler
     while not stop():
-        _fail_stale(study)  # may queue retries, which the read below then sees
+        fail_stale(study)  # may queue retries, which the read below then sees
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)  # one read
         counts = count_trials(trials)
         if progress is not None:

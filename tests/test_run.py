@@ -100,6 +100,33 @@ def test_the_same_command_on_a_finished_study_says_so_and_prints_its_line_once(
     assert db_digest(workdir / "s.db") == before
 
 
+def test_the_same_command_on_a_finished_study_fails_a_killed_runs_running_trial(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import datetime, timedelta
+
+    from optuna.storages._rdb import models
+
+    from study.storage import open_storage
+
+    args = ["--space", "smoke", "--storage", "sqlite:///s.db", "--no-report", "--workers", "1"]
+    assert main([*args, "--trials", "6"]) == 0
+    # What a run killed right after creating a surplus trial leaves: RUNNING, no heartbeat.
+    storage = open_storage("sqlite:///s.db", heartbeat_s=None)
+    study = optuna.load_study(study_name="smoke", storage=storage)
+    trial_id = storage.create_new_trial(study._study_id)
+    session = storage.scoped_session()
+    row = session.query(models.TrialModel).filter_by(trial_id=trial_id).one()
+    row.datetime_start = datetime.now() - timedelta(hours=1)
+    session.commit()
+    session.close()
+    capsys.readouterr()
+    assert main([*args, "--trials", "6"]) == 0
+    assert "workers:   none: 6 trials are finished" in capsys.readouterr().out
+    states = [t.state for t in load("sqlite:///s.db", "smoke").trials]
+    assert TrialState.RUNNING not in states and states[6] == TrialState.FAIL, states
+
+
 def test_a_fresh_study_with_the_same_seed_is_reproducible(workdir: Path) -> None:
     for name in ("a", "b"):
         assert (

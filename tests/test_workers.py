@@ -327,7 +327,7 @@ def test_soak_random_kills_and_restarts_lose_nothing(workdir: Path) -> None:
 def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(workdir: Path) -> None:
     from datetime import datetime, timedelta
 
-    from study.runner import _fail_stale
+    from study.runner import fail_stale
     from study.storage import open_storage
 
     storage = open_storage("sqlite:///h.db", heartbeat_s=1)
@@ -344,7 +344,7 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(workdir
     session.query(models.TrialModel).filter_by(trial_id=trial_id).one().datetime_start = old
     session.commit()
     session.close()
-    _fail_stale(study)
+    fail_stale(study)
     trials = study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[2].params == {"width": 8} and trials[2].system_attrs["failed_trial"] == 1
