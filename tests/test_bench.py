@@ -73,3 +73,25 @@ def test_the_machine_line_names_the_cpu_and_its_vector_kernels() -> None:
             assert f", {names[0]} (" in line
     assert f"(torch's CPU kernels: {torch.backends.cpu.get_cpu_capability()})" in line
     assert line.startswith(f"{platform.machine()}, ")
+
+
+def test_training_flops_are_those_of_the_fastest_run_as_the_peak_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import study.bench as bench
+    from study.train import TrainResult
+    from study.train import train as real_train
+
+    widths = load_space("smoke").model.widths
+    # The warm-up run, then per width a slow run, the fastest and a middle one.
+    times = iter([9.0] + [3.0, 1.0, 2.0] * len(widths))
+
+    def timed_train(*args: object, **kwargs: object) -> TrainResult:
+        r = real_train(*args, **kwargs)  # type: ignore[arg-type]
+        r.seconds, r.setup_seconds, r.eval_seconds, r.callback_seconds = next(times), 0, 0, 0
+        return r
+
+    monkeypatch.setattr(bench, "train", timed_train)
+    rows = bench.training_flops("smoke", epochs=1, repeats=3)
+    assert [row["seconds_per_epoch"] for row in rows] == [1.0] * len(widths)
+    assert next(times, None) is None  # three runs a width, no more
