@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import operator
 import os
 import platform
 import re
@@ -43,7 +44,7 @@ from study.model import build_model, count_parameters
 from study.run import default_workers
 from study.space import Space, load_space, resolve_space_path
 from study.storage import open_storage, use_wal
-from study.train import TrainResult, matmul_arithmetic, matmul_precision, train
+from study.train import matmul_arithmetic, matmul_precision, train
 
 __all__ = ["inside_interval", "lr_star_moves", "main", "matmul_peak", "study_facts"]
 
@@ -90,8 +91,10 @@ def training_flops(
     for width in space.model.widths:
         model = build_model(space.model, width, data.n_features, data.n_classes)
         weights = sum(p.numel() for p in model.parameters() if p.dim() > 1)
-        runs = [train(space, data, width, 1e-3, seed=0) for _ in range(repeats)]
-        r = min(runs, key=_seconds)
+        r = min(
+            (train(space, data, width, 1e-3, seed=0) for _ in range(repeats)),
+            key=operator.attrgetter("seconds"),
+        )
         # forward + backward: 6 x weights per training sample; evaluation: 2 x weights per
         # validation sample, every epoch and once before training.
         flops = 6 * weights * len(data.x_train) * epochs + 2 * weights * len(data.x_val) * (
@@ -111,10 +114,6 @@ def training_flops(
             }
         )
     return rows
-
-
-def _seconds(r: TrainResult) -> float:
-    return r.seconds
 
 
 def report_latency(folder: Path, n: int = 300) -> dict[str, dict[str, float]]:

@@ -40,6 +40,7 @@ __all__ = [
     "importances_of",
     "load_report_study",
     "main",
+    "make_report",
     "write_report",
 ]
 
@@ -397,34 +398,41 @@ def _html(reports: Sequence[StudyReport], figures: list[tuple[str, Any]], out: P
     return path
 
 
+def make_report(
+    study: optuna.Study,
+    out: Path,
+    storage_url: str,
+    compared: Sequence[optuna.Study] = (),
+    n_bootstrap: int = 1000,
+    dashboard: bool = True,
+) -> list[StudyReport]:
+    """Analyse ``study`` (and ``compared`` beside it) and write its report into ``out``, its
+    importances computed in a second process meanwhile. Returns the analyses, ``study``'s first.
+
+    Raises:
+        UserError: a study has nothing to analyse (see :func:`analyse_study`).
+    """
+    importances = PendingImportances(study)
+    try:
+        reps = [analyse_study(s, n_bootstrap) for s in (study, *compared)]
+        write_report(reps[0], out, storage_url, importances, reps[1:], dashboard)
+    finally:
+        importances.close()
+    return reps
+
+
 def write_report(
     rep: StudyReport,
     out: Path,
     storage_url: str,
+    importances: PendingImportances,
     others: Sequence[StudyReport] = (),
     dashboard: bool = True,
-    importances: PendingImportances | None = None,
 ) -> list[Path]:
     """Write every file of the report into ``out``; save the figure and note into the study.
 
-    ``importances``: those of ``rep``'s study, started before (see :class:`PendingImportances`);
-    else they are started here.
+    ``importances``: those of ``rep``'s study, started before (see :class:`PendingImportances`).
     """
-    pending = importances or PendingImportances(rep.study)
-    try:
-        return _write_report(rep, out, storage_url, others, dashboard, pending)
-    finally:
-        pending.close()
-
-
-def _write_report(
-    rep: StudyReport,
-    out: Path,
-    storage_url: str,
-    others: Sequence[StudyReport],
-    dashboard: bool,
-    importances: PendingImportances,
-) -> list[Path]:
     from study import figures
 
     out.mkdir(parents=True, exist_ok=True)
@@ -520,18 +528,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    pending = PendingImportances(study)  # in a second process while this one analyses
+    out = Path(args.out or Path("reports") / study.study_name)
     try:
-        rep = analyse_study(study, args.bootstrap)
-        others = [analyse_study(s, args.bootstrap) for s in compared]
-        out = Path(args.out or Path("reports") / rep.name)
-        write_report(rep, out, args.storage, others, not args.no_dashboard, pending)
+        reps = make_report(
+            study, out, args.storage, compared, args.bootstrap, not args.no_dashboard
+        )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        pending.close()
-    for r in (rep, *others):
+    for r in reps:
         print(headline(r.fit, r.name))
         if r.fit.note:
             print(f"  note: {r.fit.note}")

@@ -402,15 +402,10 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
 def _report(study: optuna.Study, args: argparse.Namespace, study_name: str, say: Any) -> None:
     """The headline at the end of a run, and the full report in ``--report-dir``."""
     from study.analysis import headline
-    from study.report import PendingImportances, analyse_study, write_report
+    from study.report import make_report
 
     out = Path(args.report_dir or Path("reports") / study_name)
-    pending = PendingImportances(study)  # in a second process while this one analyses
-    try:
-        rep = analyse_study(study)
-        write_report(rep, out, args.storage, importances=pending)
-    finally:
-        pending.close()
+    (rep,) = make_report(study, out, args.storage)
     say("")
     say(headline(rep.fit, study_name))
     if rep.fit.note:

@@ -416,12 +416,16 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    rows = [
+    rows = _attr_rows(trial, attrs)
+    _upsert([trial], module, models.TrialUserAttributeModel, rows, "key")
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def _attr_rows(trial: optuna.Trial, attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
         {"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
         for k, v in attrs.items()
     ]
-    _upsert([trial], module, models.TrialUserAttributeModel, rows, "key")
-    trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
 def write_reports(rows: Sequence[tuple[optuna.Trial, int, float]]) -> set[int]:
@@ -553,11 +557,7 @@ def finish_trials(
             session,
             module,
             models.TrialUserAttributeModel,
-            [
-                {"trial_id": e.trial._trial_id, "key": k, "value_json": json.dumps(v)}
-                for e in live
-                for k, v in e.user_attrs.items()
-            ],
+            [row for e in live for row in _attr_rows(e.trial, e.user_attrs)],
             "key",
         )
         value_rows = []
