@@ -9,17 +9,58 @@ one and exit).
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import ipaddress
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import optuna
 
 from study._errors import UserError
 from study.storage import DEFAULT_STORAGE, dashboard_url, mask_url, require_existing
 
-__all__ = ["dashboard_command", "main"]
+__all__ = ["dashboard_command", "main", "save_to_dashboard"]
+
+
+def save_to_dashboard(study: optuna.Study, figure: Any, figure_id: str, note: str) -> None:
+    """Save a plotly ``figure`` (as ``figure_id``) and a Markdown ``note`` into ``study``, with
+    optuna-dashboard's own ``save_plotly_graph_object`` and ``save_note``."""
+    plot_data, notes = _saving_modules()
+    plot_data.save_plotly_graph_object(study, figure, graph_object_id=figure_id)
+    notes.save_note(study, note)
+
+
+@functools.cache
+def _saving_modules() -> tuple[ModuleType, ModuleType]:
+    """optuna-dashboard's modules that save a figure and a note, without its package import.
+
+    ``import optuna_dashboard`` imports its web app, and with it scikit-learn (for the app's
+    importances): 1.2 s of a report's 6 here. The two functions live in modules of their own that
+    import only optuna, so they are loaded from those files alone; where that fails (another
+    layout of the package), from the package.
+    """
+    try:
+        spec = importlib.util.find_spec("optuna_dashboard")  # finds it, does not import it
+        assert spec is not None and spec.submodule_search_locations
+        modules = []
+        for name in ("_custom_plot_data", "_note"):
+            path = Path(spec.submodule_search_locations[0]) / f"{name}.py"
+            file_spec = importlib.util.spec_from_file_location(f"study._dashboard{name}", path)
+            assert file_spec is not None and file_spec.loader is not None
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+            modules.append(module)
+        return modules[0], modules[1]
+    except Exception:  # any failure: the package's own import
+        import optuna_dashboard
+
+        return optuna_dashboard, optuna_dashboard
 
 
 def _is_loopback(host: str) -> bool:

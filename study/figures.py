@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+import optuna  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
@@ -26,6 +27,7 @@ from study.analysis import Fit, Point  # noqa: E402
 
 __all__ = [
     "Panel",
+    "plotly_importances",
     "plotly_loss_vs_lr",
     "plotly_lr_star",
     "save_png_figures",
@@ -264,6 +266,34 @@ def save_png_figures(
         plt.close(fig)
         written.append(out / name)
     return written
+
+
+def plotly_importances(importances: dict[str, float], study: optuna.Study) -> go.Figure:
+    """Optuna's ``plot_param_importances`` figure of ``study``, drawn from ``importances``
+    (``optuna.importance.get_param_importances``' result) computed elsewhere: calling it here
+    would import scikit-learn (optuna.importance does) and compute them again."""
+    items = list(reversed(importances.items()))
+    kinds = {}
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            kinds.setdefault(name, type(dist).__name__)
+    names = study.metric_names
+    bar = go.Bar(
+        x=[v for _, v in items],
+        y=[p for p, _ in items],
+        name=names[0] if names is not None else "Objective Value",
+        text=[f"{v:.2f}" if v >= 0.01 else "<0.01" for _, v in items],
+        textposition="outside",
+        cliponaxis=False,
+        hovertemplate=[f"{p} ({kinds[p]}): {v}<extra></extra>" for p, v in items],
+        orientation="h",
+    )
+    layout = go.Layout(
+        title="Hyperparameter Importances",
+        xaxis={"title": "Hyperparameter Importance"},
+        yaxis={"title": "Hyperparameter"},
+    )
+    return go.Figure([bar], layout)
 
 
 def plotly_lr_star(panels: Sequence[Panel]) -> go.Figure:

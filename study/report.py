@@ -267,6 +267,7 @@ class PendingImportances:
 
     def __init__(self, study: optuna.Study) -> None:
         self._args = (study.get_trials(deepcopy=False), study.direction)
+        self._result: Importances | None = None
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
         ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -281,15 +282,17 @@ class PendingImportances:
             self.close()
 
     def result(self) -> Importances:
-        try:
-            if self._conn is not None:
-                try:
-                    return self._conn.recv()  # type: ignore[no-any-return]
-                except EOFError:  # the process died before sending them: compute them here
-                    pass
-            return importances_of(*self._args)
-        finally:
-            self.close()
+        """The importances (waited for the first time, then kept)."""
+        if self._result is None:
+            try:
+                if self._conn is not None:
+                    with contextlib.suppress(EOFError):  # the process died before sending them
+                        self._result = self._conn.recv()
+                if self._result is None:  # compute them here
+                    self._result = importances_of(*self._args)
+            finally:
+                self.close()
+        return self._result
 
     def close(self) -> None:
         """Stop the process if its result was never asked for (an error on the way)."""
@@ -462,10 +465,6 @@ def write_report(
             warnings.simplefilter("ignore")
             for title, make in (
                 (
-                    "Parameter importance (PED-ANOVA)",
-                    lambda: optuna.visualization.plot_param_importances(rep.study),
-                ),
-                (
                     "Width x lr contour",
                     lambda: optuna.visualization.plot_contour(rep.study, params=[WIDTH, LR]),
                 ),
@@ -478,16 +477,18 @@ def write_report(
                     interactive.append((title, make()))
                 except (ValueError, RuntimeError):
                     pass
-    written.append(_html([rep, *others], interactive, out))
     if dashboard:
-        import optuna_dashboard
+        from study.dashboard import save_to_dashboard
 
-        optuna_dashboard.save_plotly_graph_object(
-            rep.study, lr_fig, graph_object_id=DASHBOARD_FIGURE_ID
-        )
-        optuna_dashboard.save_note(rep.study, _note_markdown(rep, storage_url))
-    # Last: the importances' figure waits for them.
+        note = _note_markdown(rep, storage_url)
+        save_to_dashboard(rep.study, lr_fig, DASHBOARD_FIGURE_ID, note)
+    # Last, the figures that wait for the importances: the PNGs' last, then the page's.
     written += figures.save_png_figures(out, panels, _best_curves(rep), importances.result)
+    ped_anova = importances.result()[0].get("PED-ANOVA")
+    if len(complete) >= 2 and ped_anova:
+        figure = figures.plotly_importances(ped_anova, rep.study)
+        interactive.insert(2, ("Parameter importance (PED-ANOVA)", figure))
+    written.append(_html([rep, *others], interactive, out))
     return written
 
 

@@ -132,6 +132,53 @@ def test_report_saves_the_figure_and_the_note_into_the_study(db: Path) -> None:
     assert study.user_attrs == attrs_before
 
 
+def test_the_report_saves_into_the_study_without_importing_the_dashboards_app(db: Path) -> None:
+    # `import optuna_dashboard` imports its web app and scikit-learn (1.2 s): the report loads
+    # only the two modules that save. Its second process alone imports scikit-learn (fANOVA).
+    code = (
+        "import sys; from study import report; "
+        f"rc = report.main(['--storage', '{URL}', '--study-name', 'smoke', '--bootstrap', '100']); "
+        "print(rc, 'optuna_dashboard' in sys.modules, 'sklearn' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=db.parent, capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.splitlines()[-1] == "0 False False", (done.stdout, done.stderr)
+    study = load(URL, "smoke")
+    assert "How the optimal learning rate shifts with width" in optuna_dashboard.get_note(study)
+    system_attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert any(k.startswith(SYSTEM_ATTR_PLOT_DATA) for k in system_attrs)
+
+
+def test_saving_into_the_dashboard_falls_back_to_the_package_import(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plotly.graph_objects as go
+
+    from study import dashboard
+
+    monkeypatch.setattr(dashboard.importlib.util, "find_spec", lambda name: None)
+    dashboard._saving_modules.cache_clear()
+    try:
+        assert dashboard._saving_modules() == (optuna_dashboard, optuna_dashboard)
+        study = load(URL, "smoke")
+        dashboard.save_to_dashboard(study, go.Figure(), "fallback", "a note")
+    finally:
+        dashboard._saving_modules.cache_clear()
+    assert optuna_dashboard.get_note(load(URL, "smoke")) == "a note"
+    system_attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert any(k.startswith(f"{SYSTEM_ATTR_PLOT_DATA}fallback:") for k in system_attrs)
+
+
+def test_the_pages_importance_figure_is_optunas_own(db: Path) -> None:
+    from study import figures
+
+    study = load(URL, "smoke")
+    importances, _ = report.importances_of(study.get_trials(), study.direction)
+    ours = figures.plotly_importances(importances["PED-ANOVA"], study)
+    assert ours.to_dict() == optuna.visualization.plot_param_importances(study).to_dict()
+
+
 def test_compare_puts_two_studies_side_by_side(db: Path, workdir: Path) -> None:
     assert _report("--study-name", "smoke", "--compare", "other", "--out", "cmp") == 0
     for name in ("compare_lr_star_vs_width.png", "compare_loss_vs_lr.png", "compare.json"):
@@ -336,10 +383,10 @@ def test_ctrl_c_stops_the_report_and_all_its_processes_with_one_line(db: Path) -
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
-    # Once the page is written, it saves into the study and draws the PNGs. (Earlier, Ctrl-C
+    # Once the first PNG is written, it draws the others and writes the page. (Earlier, Ctrl-C
     # can land in a C extension's import, e.g. numpy.random's, which loses it: Python's doing.)
-    page = db.parent / "reports" / "smoke" / "report.html"
-    wait_until(page.exists, 60, "report.html")
+    first = db.parent / "reports" / "smoke" / "loss_vs_lr.png"
+    wait_until(first.exists, 60, "loss_vs_lr.png")
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
