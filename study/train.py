@@ -32,6 +32,7 @@ __all__ = [
     "matmul_arithmetic",
     "matmul_precision",
     "out_of_patience",
+    "to_fast_layout",
     "train",
     "under_matmul_precision",
 ]
@@ -271,6 +272,15 @@ class MLPStep:
         return loss
 
 
+def to_fast_layout(model: nn.Module, device: torch.device) -> None:
+    """On CPU, a CNN's conv weights go channels-last (NHWC), in place: oneDNN's convolutions on
+    digits' 8x8 images are then 1.14-1.37x faster an epoch (widths 64 to 8, one thread, AMD
+    EPYC, fastest of 3 runs of 3 epochs each way); the curves differ by float rounding only
+    (at most 1.2e-7 in 3 epochs). A model without 4-D weights (an MLP) is left as it is."""
+    if device.type == "cpu" and any(p.dim() == 4 for p in model.parameters()):
+        model.to(memory_format=torch.channels_last)
+
+
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
     with torch.no_grad():
         logits = model(x)
@@ -355,6 +365,7 @@ def train(
     model = build_model(space.model, width, data.n_features, data.n_classes, data.image_shape).to(
         device
     )
+    to_fast_layout(model, device)
     optimizer = make_optimizer(space, model, lr)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     # On CPU an MLP's step is computed by hand (autograd's ops and result, less its overhead).

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from study import train as train_module
 from study.data import load_dataset
 from study.model import build_model, param_groups
 from study.space import load_space
@@ -21,6 +22,7 @@ from study.train import (
     MLPStep,
     make_optimizer,
     matmul_arithmetic,
+    to_fast_layout,
     train,
 )
 from tests.conftest import REPO, write_space
@@ -162,6 +164,39 @@ def test_the_hand_computed_mlp_step_trains_as_autograd_bit_for_bit(
         auto.final_train_loss,
         auto.best_val_loss,
     )
+
+
+def test_a_cnn_trains_channels_last_on_cpu_with_the_contiguous_curve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    space = load_space("cnn_digits")
+    space = dataclasses.replace(
+        space, training=dataclasses.replace(space.training, epochs=2, patience=0)
+    )
+    cpu = torch.device("cpu")
+    cnn = build_model(space.model, 8, 64, 10, (8, 8))
+    to_fast_layout(cnn, cpu)
+    convs = [p for p in cnn.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)  # the 8 -> 8 conv: a different layout
+    mlp = build_model(load_space("mlp_digits").model, 32, 64, 10)
+    to_fast_layout(mlp, cpu)
+    assert all(p.is_contiguous() for p in mlp.parameters())
+
+    laid_out: list[nn.Module] = []
+
+    def spy(model: nn.Module, device: torch.device) -> None:
+        to_fast_layout(model, device)
+        laid_out.append(model)
+
+    data = load_dataset(space.dataset, space.seed)
+    monkeypatch.setattr(train_module, "to_fast_layout", spy)
+    fast = train(space, data, 16, 1e-3, 0)
+    assert len(laid_out) == 1  # train() put its model in the fast layout
+    monkeypatch.setattr(train_module, "to_fast_layout", lambda model, device: None)
+    plain = train(space, data, 16, 1e-3, 0)
+    assert len(fast.curve) == len(plain.curve) == 2
+    assert fast.curve == pytest.approx(plain.curve, rel=1e-5)  # float rounding only
 
 
 def test_the_hand_step_refuses_a_model_that_is_not_an_mlp() -> None:
