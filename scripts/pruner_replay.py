@@ -1,8 +1,10 @@
 """Replay a study trained without pruning through pruner settings: what each one saves, and how
 far it moves each width's lr*.
 
-    python scripts/pruner_replay.py --storage sqlite:///bench/reference.db \
-        --study-name mlp_digits_nopruning --space mlp_digits
+    python scripts/pruner_replay.py --space cnn_digits --write-reference  # its _nopruning.toml
+    python -m study.run --space cnn_digits_nopruning.toml --trials 200 --storage sqlite:///ref.db
+    python scripts/pruner_replay.py --storage sqlite:///ref.db \
+        --study-name cnn_digits_nopruning --space cnn_digits
 
 The recorded validation curves (every trial ran all its epochs) are fed, in random orders, to the
 tool's own per-width percentile pruner (50: the median pruner), as a live study reports them; a
@@ -19,15 +21,17 @@ import dataclasses
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from study.analysis import analyze, points_from_trials
+from study.bench import without_speedups
 from study.run import build_pruner
 from study.sampling import LR, WIDTH
-from study.space import PrunerConfig, Space, load_space
+from study.space import PrunerConfig, Space, load_space, resolve_space_path
 from study.train import out_of_patience
 
 
@@ -116,8 +120,8 @@ def _lr_star(space: Space, trials: list[optuna.trial.FrozenTrial]) -> dict[int, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/pruner_replay.py", description=__doc__)
-    p.add_argument("--storage", required=True, help="a study run with pruner 'none'")
-    p.add_argument("--study-name", required=True)
+    p.add_argument("--storage", help="a study run with pruner 'none'")
+    p.add_argument("--study-name")
     p.add_argument("--space", default="mlp_digits", help="the space whose pruner is replayed")
     p.add_argument("--orderings", type=int, default=20)
     p.add_argument("--percentiles", default="50,75", help="pruner percentiles to try (50: median)")
@@ -132,9 +136,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="0",
         help="protect_log2 values to try (0: off; never prune near the width's best lr)",
     )
+    p.add_argument(
+        "--write-reference",
+        action="store_true",
+        help="write SPACE_nopruning.toml here (--space with its pruner and early stopping off: "
+        "run it, then replay it) and exit",
+    )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = load_space(args.space)
+    if args.write_reference:
+        out = Path(f"{space.name}_nopruning.toml")
+        out.write_text(without_speedups(resolve_space_path(args.space).read_text()))
+        run = f"python -m study.run --space {out} --trials 200 --storage sqlite:///ref.db"
+        print(f"written: {out}; run it with\n  {run} --no-report")
+        return 0
+    if not (args.storage and args.study_name):
+        p.error("--storage and --study-name are required (or --write-reference)")
     source = optuna.load_study(study_name=args.study_name, storage=args.storage)
     curves = _curves(source)
     full_epochs = sum(len(c[2]) for c in curves)

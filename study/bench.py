@@ -46,7 +46,14 @@ from study.space import Space, load_space, resolve_space_path
 from study.storage import open_storage, use_wal
 from study.train import matmul_arithmetic, matmul_precision, train
 
-__all__ = ["inside_interval", "lr_star_moves", "main", "matmul_peak", "study_facts"]
+__all__ = [
+    "inside_interval",
+    "lr_star_moves",
+    "main",
+    "matmul_peak",
+    "study_facts",
+    "without_speedups",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,7 +229,7 @@ def _with_key(toml: str, section: str, key: str, value: str) -> str:
     return "".join(out)
 
 
-def _without_speedups(toml: str) -> str:
+def without_speedups(toml: str) -> str:
     """The reference's space: the space's TOML with its pruner set to "none" (the default
     prunes) and early stopping off, so that every trial trains every epoch."""
     return _with_key(_with_key(toml, "pruner", "name", '"none"'), "training", "patience", "0")
@@ -254,7 +261,7 @@ def compare_studies(
     space_path = resolve_space_path(space_name).resolve()  # the runs start in ``folder``
     space = load_space(str(space_path))  # its name is the file's stem unless the file sets one
     no_prune = folder / f"{space.name}_nopruning.toml"
-    no_prune.write_text(_without_speedups(space_path.read_text()))
+    no_prune.write_text(without_speedups(space_path.read_text()))
     reference = load_space(str(no_prune))
     if reference.pruner.name != "none" or reference.training.patience:
         raise SystemExit(f"error: could not turn the pruner and early stopping of {space_path} off")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.bench import _with_key, _without_speedups, compare_studies
+from study.bench import _with_key, compare_studies, without_speedups
 from study.space import available_spaces, load_space, resolve_space_path
 
 
@@ -16,7 +16,7 @@ def test_the_reference_space_differs_only_in_pruning_and_early_stopping(
     name: str, tmp_path: Path
 ) -> None:
     path = tmp_path / f"{name}_nopruning.toml"
-    path.write_text(_without_speedups(resolve_space_path(name).read_text()))
+    path.write_text(without_speedups(resolve_space_path(name).read_text()))
     space, reference = load_space(name), load_space(str(path))
     assert reference.pruner.name == "none" and reference.training.patience == 0
     same = dataclasses.replace(

@@ -98,3 +98,49 @@ def test_replay_refuses_a_study_that_was_pruned(workdir: Path) -> None:
     out = _replay(workdir)
     assert out.returncode != 0
     assert out.stderr.startswith("error: ") and "pruner 'none'" in out.stderr, out.stderr
+
+
+def test_write_reference_writes_the_space_with_pruning_and_early_stopping_off(
+    workdir: Path,
+) -> None:
+    from study.space import load_space
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "pruner_replay.py"),
+            "--space",
+            "cnn_digits",
+            "--write-reference",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--space cnn_digits_nopruning.toml" in done.stdout
+    reference = load_space(str(workdir / "cnn_digits_nopruning.toml"))
+    shipped = load_space("cnn_digits")
+    assert reference.name == "cnn_digits_nopruning"
+    assert reference.pruner.name == "none" and reference.training.patience == 0
+    assert shipped.pruner.name != "none" and shipped.training.patience > 0
+    assert (reference.model, reference.lr, reference.optimizer) == (
+        shipped.model,
+        shipped.lr,
+        shipped.optimizer,
+    )
+
+
+def test_replay_without_a_study_says_what_it_needs(workdir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "pruner_replay.py"), "--space", "cnn_digits"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--storage and --study-name are required (or --write-reference)")
+    )
