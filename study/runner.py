@@ -41,6 +41,7 @@ from study.storage import (
     TrialEnd,
     claim_stale_trial,
     claim_waiting_trial,
+    create_trials,
     finish_trials,
     heartbeatless_stale_trial_ids,
 )
@@ -264,8 +265,9 @@ def run_new_trials(
     """Create up to ``k`` trials of ``width`` and train them: alone if one, else as a stack.
 
     ``trials`` is the study as just read: it gives the free slots, the width's share and the
-    history the lrs are sampled from (:meth:`WidthStratifiedSampler.sample_new`). Each trial is
-    stored whole in one write (width, lr, worker), its heartbeat starts at once, and one read
+    history the lrs are sampled from (:meth:`WidthStratifiedSampler.sample_new`). The trials are
+    stored whole (width, lr, worker) in one transaction (:func:`~study.storage.create_trials`),
+    their heartbeats start at once, and one read
     afterwards checks that it holds a slot and its width's share: another worker may have
     created trials meanwhile; a trial that lost that race is failed before training (surplus).
 
@@ -302,8 +304,7 @@ def run_new_trials(
     with contextlib.ExitStack() as beats:
         try:
             with _Deferred() as interrupted:  # every trial created gets its heartbeat
-                for template in new:
-                    trial_id = study._storage.create_new_trial(study._study_id, template)
+                for trial_id in create_trials(study, new):  # one transaction
                     members.append(optuna.Trial(study, trial_id))
                     beats.enter_context(get_heartbeat_thread(trial_id, study._storage))
                 members = _drop_surplus(study, members, target, width, share)
@@ -456,7 +457,7 @@ def _work(cfg: WorkerConfig, parent_pid: int) -> None:
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    storage = open_storage(cfg.storage, heartbeat_s=cfg.heartbeat_s)
+    storage = open_storage(cfg.storage, heartbeat_s=cfg.heartbeat_s, validated=True)
     n_existing = len(storage.get_all_trials(storage.get_study_id_from_name(cfg.study_name)))
     study = optuna.load_study(
         study_name=cfg.study_name,

@@ -250,3 +250,131 @@ def test_processes_creating_a_fresh_sqlite_file_at_once_all_open_it(workdir: Pat
             p.join(timeout=120)
         assert [p.exitcode for p in procs] == [0] * 4
         assert errors.empty(), errors.get()
+
+
+def _templates(k: int, worker: str) -> list[optuna.trial.FrozenTrial]:
+    from datetime import datetime
+
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    dists = {"width": CategoricalDistribution([32, 64]), "lr": FloatDistribution(1e-5, 1, log=True)}
+    return [
+        optuna.trial.FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params={"width": 64, "lr": 10 ** -(i + 1)},
+            distributions=dists,
+            user_attrs={},
+            system_attrs={"worker": worker},
+            intermediate_values={},
+            trial_id=-1,
+        )
+        for i in range(k)
+    ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "memory"])
+def test_trials_created_in_one_transaction_are_stored_as_create_new_trial_stores_them(
+    workdir: Path, backend: str
+) -> None:
+    """create_trials (a stack's trials in one transaction) stores each trial as Optuna's
+    create_new_trial does (number, state, start, params and their distributions, system attrs),
+    and this process's cache knows them at once. (In memory it is Optuna's own call.)"""
+    from study.storage import create_trials
+
+    url = {"sqlite": "sqlite:///create.db", "postgresql": None, "memory": None}[backend]
+    if backend == "postgresql":
+        url = postgres_url()
+    storage = open_storage(url, heartbeat_s=None) if url else optuna.storages.InMemoryStorage()
+    name = f"create-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(storage=storage, study_name=name)
+    study.ask()  # a trial before: numbers go on from it
+    ours = create_trials(study, _templates(3, "here"))
+    theirs = [study._storage.create_new_trial(study._study_id, t) for t in _templates(3, "here")]
+    assert create_trials(study, []) == []
+    for trial_id, lr in zip(ours, [0.1, 0.01, 0.001], strict=True):
+        if backend != "memory":  # in the cache, as Optuna's create_new_trial puts them
+            assert trial_id in study._storage._trial_id_to_study_id_and_number
+        cached = study._storage.get_trial(trial_id)
+        assert (cached.params, cached.system_attrs) == ({"width": 64, "lr": lr}, {"worker": "here"})
+        assert optuna.Trial(study, trial_id).params == {"width": 64, "lr": lr}
+    stored = optuna.load_study(study_name=name, storage=url or storage).trials
+    assert [t.number for t in stored] == list(range(7))
+    assert [t._trial_id for t in stored[1:4]] == ours and [
+        t._trial_id for t in stored[4:]
+    ] == theirs
+    for a, b in zip(stored[1:4], stored[4:], strict=True):
+        assert (a.state, a.params, a.distributions, a.system_attrs, a.user_attrs) == (
+            b.state,
+            b.params,
+            b.distributions,
+            b.system_attrs,
+            b.user_attrs,
+        )
+        assert a.state == TrialState.RUNNING and a.datetime_complete is None
+        assert a.datetime_start is not None and a.datetime_start <= b.datetime_start
+    study.tell(optuna.Trial(study, ours[0]), 0.5)  # Optuna can go on with them
+    assert optuna.load_study(study_name=name, storage=url or storage).trials[1].value == 0.5
+
+
+def _create_at_once(
+    url: str, name: str, barrier: Any, out: Any, rounds: int, optuna_too: bool
+) -> None:
+    import os
+
+    from study.storage import create_trials
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_s=None))
+        made = []
+        for _ in range(rounds):
+            barrier.wait(timeout=60)
+            ids = create_trials(study, _templates(4, str(os.getpid())))
+            made.append(ids)
+            if optuna_too:  # Optuna's own creation, interleaved with the others'
+                study.ask()
+        out.put(("ok", made))
+    except BaseException as e:  # reported to the parent, which asserts none
+        out.put(("error", f"{type(e).__name__}: {e}"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_creating_trials_at_once_number_them_as_optuna_does(
+    workdir: Path, backend: str
+) -> None:
+    """Four processes creating stacks of 4 at the same moment, one of them asking Optuna for a
+    trial after each stack: every number is given once, 0..N-1, and each stack's members have
+    consecutive numbers (each stack is created under the study's lock), without a "database is
+    locked" on SQLite."""
+    import multiprocessing
+
+    from study.storage import use_wal
+
+    url = postgres_url() if backend == "postgresql" else "sqlite:///many.db"
+    name = f"many-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(url, heartbeat_s=None)
+    optuna.create_study(study_name=name, storage=storage)
+    use_wal(storage)
+    ctx = multiprocessing.get_context("fork")
+    processes, rounds = 4, 8
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    procs = [
+        ctx.Process(target=_create_at_once, args=(url, name, barrier, out, rounds, i == 0))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [r[0] for r in results] == ["ok"] * processes, results
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    assert len(trials) == processes * rounds * 4 + rounds
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    number = {t._trial_id: t.number for t in trials}
+    for _, made in results:
+        for ids in made:
+            assert [number[i] for i in ids] == list(range(number[ids[0]], number[ids[0]] + 4))
