@@ -278,6 +278,8 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
             raise UserError(f"--threads must be a positive integer, got {args.threads}")
         if args.heartbeat < 1:
             raise UserError(f"--heartbeat must be a positive integer, got {args.heartbeat}")
+        if args.study_name is not None and not args.study_name.strip():
+            raise UserError("--study-name must not be empty (leave it out for the space's name)")
         space = load_space(args.space or DEFAULT_SPACE)
         device = resolve_device(args.device)
         study_name = args.study_name or space.name

@@ -92,6 +92,17 @@ def test_study_not_made_by_this_tool(workdir: Path, capsys: pytest.CaptureFixtur
     assert db_digest(path) == before
 
 
+@pytest.mark.parametrize("name", ["", "   "])
+def test_an_empty_study_name_is_refused_not_taken_for_the_default(
+    workdir: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    path = workdir / "studies.db"
+    assert main(["--space", "smoke", "--trials", "1", "--quiet", "--no-report"]) == 0
+    before = db_digest(path)
+    assert "--study-name must not be empty" in _fails(capsys, "--study-name", name)
+    assert db_digest(path) == before
+
+
 def test_read_only_database(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import os
 
