@@ -151,11 +151,9 @@ def creation_latency(url: str, k: int = 8, n: int = 25) -> dict[str, float]:
     """Milliseconds to create a stack of ``k`` trials (width, lr and worker each, as the runner
     creates them) on ``url``: one by one with Optuna's ``create_new_trial``, and in one
     transaction with :func:`study.storage.create_trials`; medians of ``n`` alternations."""
-    from datetime import datetime
-
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from study.storage import create_trials
+    from study.storage import create_trials, trial_template
 
     storage = open_storage(url, heartbeat_s=None)
     use_wal(storage)
@@ -164,20 +162,7 @@ def creation_latency(url: str, k: int = 8, n: int = 25) -> dict[str, float]:
 
     def stack() -> list[optuna.trial.FrozenTrial]:
         return [
-            optuna.trial.FrozenTrial(
-                number=-1,
-                state=TrialState.RUNNING,
-                value=None,
-                datetime_start=datetime.now(),
-                datetime_complete=None,
-                params={"width": 32, "lr": 1e-3},
-                distributions=dists,
-                user_attrs={},
-                system_attrs={"worker": "bench"},
-                intermediate_values={},
-                trial_id=-1,
-            )
-            for _ in range(k)
+            trial_template({"width": 32, "lr": 1e-3}, dists, {"worker": "bench"}) for _ in range(k)
         ]
 
     optuna_ms, tool_ms = [], []

@@ -26,7 +26,6 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import optuna
@@ -44,6 +43,7 @@ from study.storage import (
     create_trials,
     finish_trials,
     heartbeatless_stale_trial_ids,
+    trial_template,
 )
 from study.train import TrainResult, train
 
@@ -283,18 +283,11 @@ def run_new_trials(
     n = max(1, min(k, share - held, target - len(slots)))
     width_dist, lr_dist = objective.distributions()
     new = [
-        optuna.trial.FrozenTrial(
+        trial_template(
+            {WIDTH: width},
+            {WIDTH: width_dist},
+            {WORKER: _worker_id()},  # for finding a lost worker's trials
             number=len(trials) + i,  # the number it gets, unless another worker asks meanwhile
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.now(),
-            datetime_complete=None,
-            params={WIDTH: width},
-            distributions={WIDTH: width_dist},
-            user_attrs={},
-            system_attrs={WORKER: _worker_id()},  # for finding a lost worker's trials
-            intermediate_values={},
-            trial_id=-1,
         )
         for i in range(n)
     ]

@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -44,6 +45,7 @@ __all__ = [
     "set_user_attrs",
     "sqlite_path",
     "stored_space",
+    "trial_template",
     "use_wal",
     "write_reports",
 ]
@@ -594,6 +596,29 @@ def finish_trials(
     return lost
 
 
+def trial_template(
+    params: dict[str, Any],
+    distributions: dict[str, BaseDistribution],
+    system_attrs: dict[str, Any],
+    number: int = -1,
+) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial to be created (:func:`create_trials`), started now. Its id, and its number
+    (``number`` is the one it is expected to get), are given when it is created."""
+    return optuna.trial.FrozenTrial(
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params=params,
+        distributions=distributions,
+        user_attrs={},
+        system_attrs=system_attrs,
+        intermediate_values={},
+        trial_id=-1,
+    )
+
+
 def create_trials(study: optuna.Study, templates: Sequence[optuna.trial.FrozenTrial]) -> list[int]:
     """Create RUNNING trials from ``templates`` (their params, distributions and system attrs;
     nothing else is taken) in one transaction, and put them in the storage's cache as Optuna's
@@ -754,10 +779,20 @@ def create_or_load_study(
         UserError: the study exists but holds a different space (the message names the fields
             that differ), or it was not made by this tool. Nothing is written then.
     """
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    if study_name in existing:
-        stored = existing[study_name].user_attrs.get("space")
-        if stored is None and existing[study_name].n_trials == 0:
+    try:
+        study_id: int | None = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        study_id = None
+    if study_id is not None:
+        # Its trials are counted before its attrs are read: a study made by this tool holds its
+        # space before its first trial, so a study found with trials and without a space was
+        # not made here, and one found with neither is being made by another process (wait).
+        # (optuna.get_all_study_summaries reads the other way round, and every study's trials
+        # in between: on a PostgreSQL database holding many studies a process starting beside
+        # the creator took a new study for a foreign one.)
+        n_trials = len(storage.get_all_trials(study_id, deepcopy=False))
+        stored = storage.get_study_user_attrs(study_id).get("space")
+        if stored is None and n_trials == 0:
             stored = _wait_for_space(storage, study_name)
         if stored is None:
             raise UserError(

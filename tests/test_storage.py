@@ -264,25 +264,13 @@ def test_processes_creating_a_fresh_sqlite_file_at_once_all_open_it(workdir: Pat
 
 
 def _templates(k: int, worker: str) -> list[optuna.trial.FrozenTrial]:
-    from datetime import datetime
-
     from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from study.storage import trial_template
 
     dists = {"width": CategoricalDistribution([32, 64]), "lr": FloatDistribution(1e-5, 1, log=True)}
     return [
-        optuna.trial.FrozenTrial(
-            number=-1,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.now(),
-            datetime_complete=None,
-            params={"width": 64, "lr": 10 ** -(i + 1)},
-            distributions=dists,
-            user_attrs={},
-            system_attrs={"worker": worker},
-            intermediate_values={},
-            trial_id=-1,
-        )
+        trial_template({"width": 64, "lr": 10 ** -(i + 1)}, dists, {"worker": worker})
         for i in range(k)
     ]
 
@@ -389,3 +377,41 @@ def test_processes_creating_trials_at_once_number_them_as_optuna_does(
     for _, made in results:
         for ids in made:
             assert [number[i] for i in ids] == list(range(number[ids[0]], number[ids[0]] + 4))
+
+
+@pytest.mark.parametrize("moment", ["before the trials are read", "after the trials are read"])
+def test_a_study_another_process_is_creating_is_loaded_whenever_it_finishes(
+    workdir: Path, moment: str
+) -> None:
+    """Two processes start a new study at once; the one that lost the race to create it finds
+    it with no space yet, or with its space and its first trial, depending on when the creator
+    finishes (sets the space, then creates trials). Either way it loads the study: read in the
+    other order (attrs, then trials: optuna.get_all_study_summaries), a creator finishing in
+    between made it a foreign study, "holds no search space" (seen on a PostgreSQL database
+    holding many studies)."""
+    from study.space import load_space
+    from study.storage import create_or_load_study
+
+    space = load_space("smoke")
+    storage = open_storage("sqlite:///race.db", heartbeat_s=None)
+    creator = optuna.create_study(study_name="s", storage=storage)  # not finished yet
+    read = storage.get_all_trials
+
+    def finish_creating() -> None:
+        creator.set_user_attr("space", space.to_dict())
+        creator.set_user_attr("space_fingerprint", space.fingerprint())
+        creator.ask()
+
+    def get_all_trials(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        storage.get_all_trials = read  # once
+        if moment == "before the trials are read":
+            finish_creating()
+            return read(*args, **kwargs)
+        trials = read(*args, **kwargs)
+        finish_creating()
+        return trials
+
+    storage.get_all_trials = get_all_trials  # type: ignore[method-assign]
+    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
+    study, created = create_or_load_study(storage, "s", space, sampler, pruner, {})
+    assert not created and study.user_attrs["space_fingerprint"] == space.fingerprint()
