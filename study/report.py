@@ -87,7 +87,7 @@ def load_report_study(storage_url: str, study_name: str | None) -> optuna.Study:
     shown = mask_url(storage_url)
     require_existing(storage_url)
     storage = open_storage(storage_url, heartbeat_s=None)
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    names = sorted(optuna.get_all_study_names(storage))  # (summaries would read every trial)
     if study_name is None:
         if len(names) != 1:
             raise UserError(
