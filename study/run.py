@@ -39,6 +39,7 @@ from study.sampling import PerWidthPruner, WidthStratifiedSampler
 from study.space import Space, load_space, space_diff, space_from_dict
 from study.storage import (
     DEFAULT_STORAGE,
+    count_stored_trials,
     create_or_load_study,
     dashboard_url,
     mask_url,
@@ -420,7 +421,7 @@ def _count_existing(storage: optuna.storages.BaseStorage, study_name: str) -> in
         study_id = storage.get_study_id_from_name(study_name)
     except KeyError:
         return 0
-    return len(storage.get_all_trials(study_id, deepcopy=False))
+    return count_stored_trials(storage, study_id)
 
 
 def cli() -> None:

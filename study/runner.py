@@ -444,14 +444,14 @@ def _work(cfg: WorkerConfig, parent_pid: int) -> None:
     from study.objective import Objective
     from study.run import build_pruner, build_sampler, resolve_device, run_seed
     from study.space import space_from_dict
-    from study.storage import open_storage
+    from study.storage import count_stored_trials, open_storage
 
     space = space_from_dict(cfg.space)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     storage = open_storage(cfg.storage, heartbeat_s=cfg.heartbeat_s, validated=True)
-    n_existing = len(storage.get_all_trials(storage.get_study_id_from_name(cfg.study_name)))
+    n_existing = count_stored_trials(storage, storage.get_study_id_from_name(cfg.study_name))
     study = optuna.load_study(
         study_name=cfg.study_name,
         storage=storage,

@@ -35,6 +35,7 @@ __all__ = [
     "create_or_load_study",
     "claim_stale_trial",
     "claim_waiting_trial",
+    "count_stored_trials",
     "create_trials",
     "dashboard_url",
     "finish_trials",
@@ -753,6 +754,20 @@ def _wait_for_space(storage: RDBStorage, study_name: str, timeout_s: float = 15.
     return None
 
 
+def count_stored_trials(storage: optuna.storages.BaseStorage, study_id: int) -> int:
+    """How many trials the study holds, in every state: one COUNT on an RDB storage (Optuna's
+    ``get_n_trials`` reads every trial, 0.3 s for a study of 200 on the AMD machine)."""
+    from optuna.storages._rdb import models
+
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, RDBStorage):
+        return storage.get_n_trials(study_id)
+    table = models.TrialModel.__table__
+    with rdb.engine.connect() as con:
+        query = sqlalchemy.select(sqlalchemy.func.count()).where(table.c.study_id == study_id)
+        return int(con.execute(query.select_from(table)).scalar_one())
+
+
 def stored_space(storage: optuna.storages.BaseStorage, study_name: str) -> dict[str, Any] | None:
     """The space a study of this tool stored, or None (no such study, or not made here)."""
     try:
@@ -791,7 +806,7 @@ def create_or_load_study(
         # (optuna.get_all_study_summaries reads the other way round, and every study's trials
         # in between: on a PostgreSQL database holding many studies a process starting beside
         # the creator took a new study for a foreign one.)
-        n_trials = len(storage.get_all_trials(study_id, deepcopy=False))
+        n_trials = count_stored_trials(storage, study_id)
         stored = storage.get_study_user_attrs(study_id).get("space")
         if stored is None and n_trials == 0:
             stored = _wait_for_space(storage, study_name)

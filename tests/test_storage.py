@@ -379,9 +379,9 @@ def test_processes_creating_trials_at_once_number_them_as_optuna_does(
             assert [number[i] for i in ids] == list(range(number[ids[0]], number[ids[0]] + 4))
 
 
-@pytest.mark.parametrize("moment", ["before the trials are read", "after the trials are read"])
+@pytest.mark.parametrize("moment", ["before the trials are counted", "after"])
 def test_a_study_another_process_is_creating_is_loaded_whenever_it_finishes(
-    workdir: Path, moment: str
+    workdir: Path, moment: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two processes start a new study at once; the one that lost the race to create it finds
     it with no space yet, or with its space and its first trial, depending on when the creator
@@ -389,29 +389,29 @@ def test_a_study_another_process_is_creating_is_loaded_whenever_it_finishes(
     other order (attrs, then trials: optuna.get_all_study_summaries), a creator finishing in
     between made it a foreign study, "holds no search space" (seen on a PostgreSQL database
     holding many studies)."""
+    import study.storage
     from study.space import load_space
-    from study.storage import create_or_load_study
 
     space = load_space("smoke")
     storage = open_storage("sqlite:///race.db", heartbeat_s=None)
     creator = optuna.create_study(study_name="s", storage=storage)  # not finished yet
-    read = storage.get_all_trials
+    count = study.storage.count_stored_trials
 
     def finish_creating() -> None:
         creator.set_user_attr("space", space.to_dict())
         creator.set_user_attr("space_fingerprint", space.fingerprint())
         creator.ask()
 
-    def get_all_trials(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
-        storage.get_all_trials = read  # once
-        if moment == "before the trials are read":
+    def count_then_or_after(*args: Any) -> int:
+        monkeypatch.setattr(study.storage, "count_stored_trials", count)  # once
+        if moment == "before the trials are counted":
             finish_creating()
-            return read(*args, **kwargs)
-        trials = read(*args, **kwargs)
+            return count(*args)
+        n = count(*args)
         finish_creating()
-        return trials
+        return n
 
-    storage.get_all_trials = get_all_trials  # type: ignore[method-assign]
+    monkeypatch.setattr(study.storage, "count_stored_trials", count_then_or_after)
     sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
-    study, created = create_or_load_study(storage, "s", space, sampler, pruner, {})
-    assert not created and study.user_attrs["space_fingerprint"] == space.fingerprint()
+    loaded, created = study.storage.create_or_load_study(storage, "s", space, sampler, pruner, {})
+    assert not created and loaded.user_attrs["space_fingerprint"] == space.fingerprint()
