@@ -103,12 +103,35 @@ def estimate_lr_star(x: np.ndarray, y: np.ndarray, window_log2: float) -> tuple[
             near[nearest[side[nearest]]] = True
     xs, ys = x[near], y[near]
     if len(xs) >= 3 and xs.min() < x0 < xs.max():
-        a, b, _ = np.polyfit(xs, ys, 2)
-        if a > 0:
-            vertex = -b / (2 * a)
+        fit = _parabola(xs - x0, ys)
+        if fit is not None and fit[0] > 0:
+            vertex = x0 - fit[1] / (2 * fit[0])
             if xs.min() <= vertex <= xs.max():
                 return float(vertex), "parabola"
     return float(x0), "argmin"
+
+
+def _parabola(u: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    """(a, b) of the least-squares parabola a u^2 + b u + c through the points; None where they
+    do not determine one (fewer than three distinct u).
+
+    The 3x3 normal equations, solved directly (Cramer's rule): the bootstrap fits 6,000 of
+    these a report, and ``np.polyfit`` (an SVD of the scaled Vandermonde matrix) took about
+    80 us each. The caller centres u on the best point, whose window is at most a few log2
+    units wide, so the equations are well conditioned; the vertices agree with
+    ``np.polyfit``'s to about 1e-12 log2 (tests/test_analysis.py).
+    """
+    v = np.vander(u, 5, increasing=True)  # 1, u, u^2, u^3, u^4
+    n, s1, s2, s3, s4 = v.sum(0).tolist()
+    t0, t1, t2 = (y @ v[:, :3]).tolist()
+    # Cramer's rule on [[s4, s3, s2], [s3, s2, s1], [s2, s1, n]] (a, b, c) = (t2, t1, t0).
+    m11, m12, m13 = s2 * n - s1 * s1, s3 * n - s1 * s2, s3 * s1 - s2 * s2
+    det = s4 * m11 - s3 * m12 + s2 * m13
+    if not det > 1e-9 * (abs(s4 * m11) + abs(s3 * m12) + abs(s2 * m13)):  # singular
+        return None
+    a = (t2 * m11 - s3 * (t1 * n - s1 * t0) + s2 * (t1 * s1 - s2 * t0)) / det
+    b = (s4 * (t1 * n - s1 * t0) - t2 * m12 + s2 * (s3 * t0 - t1 * s2)) / det
+    return a, b
 
 
 @dataclass
@@ -171,8 +194,11 @@ def _edge(
 
 
 def _ols_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    slope, intercept = np.polyfit(x, y, 1)
-    return float(slope), float(intercept)
+    """Slope and intercept of the least-squares line (as ``np.polyfit(x, y, 1)``, in closed
+    form: the bootstrap fits 1,000 of these)."""
+    xm, ym = x.mean(), y.mean()
+    slope = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
+    return slope, float(ym - slope * xm)
 
 
 def analyze(

@@ -145,3 +145,29 @@ def test_the_middle_of_a_flat_noisy_valley_is_found(shape: str) -> None:
         fit = analyze(points, [32], (LOW, HIGH), n_bootstrap=1)
         hits += abs(math.log2(fit.widths[0].lr_star) + 9) <= 0.5
     assert hits >= 190, f"{hits}/200 within 0.5 log2 of the valley's middle"
+
+
+def test_the_fits_solved_directly_agree_with_numpy_polyfit() -> None:
+    """The bootstrap's parabola (normal equations, Cramer's rule) and line (closed form) give
+    np.polyfit's coefficients, on resampled sets with repeated points as the bootstrap draws
+    them; points that fix no parabola (two distinct lrs) give none."""
+    from study.analysis import _ols_slope, _parabola
+
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    for _ in range(2000):
+        n = int(rng.integers(3, 40))
+        u = rng.uniform(-4, 4, n)
+        u = u[rng.integers(0, n, n)]  # a bootstrap sample: repeats
+        if len(np.unique(u)) < 3:
+            continue
+        y = np.log(0.1) + 0.05 * (u - rng.uniform(-2, 2)) ** 2 + 0.05 * rng.standard_normal(n)
+        fit = _parabola(u, y)
+        assert fit is not None
+        a, b, _ = np.polyfit(u, y, 2)
+        worst = max(worst, abs(fit[0] - a), abs(fit[1] - b))
+        assert -fit[1] / (2 * fit[0]) == pytest.approx(-b / (2 * a), abs=1e-9)
+    assert worst < 1e-9
+    assert _parabola(np.array([0.0, 1.0, 1.0, 0.0]), np.array([1.0, 2.0, 2.0, 1.0])) is None
+    x, y = np.log2([32.0, 64, 128, 256]), np.array([-7.0, -7.6, -8.1, -8.9])
+    assert _ols_slope(x, y) == pytest.approx(tuple(np.polyfit(x, y, 1)), abs=1e-12)
