@@ -12,11 +12,13 @@ import argparse
 import contextlib
 import csv
 import html
+import importlib
 import json
 import math
 import multiprocessing
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -244,45 +246,76 @@ def importances_of(trials: Sequence[FrozenTrial], direction: StudyDirection) -> 
     return out, "; ".join(notes)
 
 
-def _importances_child(
-    conn: Connection, trials: list[FrozenTrial], direction: StudyDirection
-) -> None:
+def _importances_child(requests: Connection, results: Connection) -> None:
+    """The second process: import the evaluators (scikit-learn: 1.4 s) while the report reads
+    its study, then compute the importances of the trials it is sent and send them back."""
     # Ctrl-C reaches this process too: the parent alone handles it, and stops this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # as in the parent (a spawned child)
-    result = importances_of(trials, direction)
+    received: list[Any] = []
+
+    def receive() -> None:  # at once, so that the parent's send never waits for the import
+        with contextlib.suppress(EOFError, OSError):  # the parent stopped before sending
+            received.append(requests.recv())
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    importlib.import_module("optuna.importance")
+
+    reader.join()
+    if not received:
+        return
+    result = importances_of(*received[0])
     with contextlib.suppress(BrokenPipeError):  # the parent is gone (killed): nobody to tell
-        conn.send(result)
-    conn.close()
+        results.send(result)
+    results.close()
 
 
 class PendingImportances:
     """A study's importances, computed in a second process while this one draws the rest.
 
     fANOVA is most of a report's time (importing scikit-learn, then its forest's variances),
-    and the rest of the report needs none of it. Forked on Linux (the child gets the trials
-    without copying them and touches no storage), spawned elsewhere; only the result is sent
-    back. Where no process can be started, or it dies, :meth:`result` computes them here.
+    and the rest of the report needs none of it. The process is forked on Linux, spawned
+    elsewhere, and can start before the study is read (``PendingImportances()``, then
+    :meth:`compute`): it imports scikit-learn meanwhile. It touches no storage: it is sent the
+    trials and sends back only the result. Where no process can be started, or it dies,
+    :meth:`result` computes them here.
     """
 
-    def __init__(self, study: optuna.Study) -> None:
-        self._args = (study.get_trials(deepcopy=False), study.direction)
+    def __init__(self, study: optuna.Study | None = None) -> None:
+        self._args: tuple[list[FrozenTrial], StudyDirection] | None = None
         self._result: Importances | None = None
         self._proc: BaseProcess | None = None
+        self._send: Connection | None = None
         self._conn: Connection | None = None
         ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         try:
-            self._conn, child_end = ctx.Pipe(duplex=False)
+            requests, self._send = ctx.Pipe(duplex=False)
+            self._conn, results = ctx.Pipe(duplex=False)
             self._proc = ctx.Process(
-                target=_importances_child, args=(child_end, *self._args), daemon=True
+                target=_importances_child, args=(requests, results), daemon=True
             )
             self._proc.start()
-            child_end.close()
+            requests.close()
+            results.close()
         except OSError:  # no process to be had here
             self.close()
+        if study is not None:
+            self.compute(study)
+
+    def compute(self, study: optuna.Study) -> None:
+        """Send the study's trials to the second process (once)."""
+        self._args = (study.get_trials(deepcopy=False), study.direction)
+        if self._send is not None:
+            with contextlib.suppress(OSError):  # it died: computed here when asked
+                self._send.send(self._args)
+            self._send.close()
+            self._send = None
 
     def result(self) -> Importances:
         """The importances (waited for the first time, then kept)."""
+        if self._args is None:
+            raise RuntimeError("PendingImportances.result() before compute(study)")
         if self._result is None:
             try:
                 if self._conn is not None:
@@ -301,9 +334,10 @@ class PendingImportances:
                 self._proc.terminate()
             self._proc.join()
             self._proc = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._send, self._conn):
+            if conn is not None:
+                conn.close()
+        self._send = self._conn = None
 
 
 def _note_markdown(rep: StudyReport, storage_url: str) -> str:
@@ -408,15 +442,19 @@ def make_report(
     compared: Sequence[optuna.Study] = (),
     n_bootstrap: int = 1000,
     dashboard: bool = True,
+    importances: PendingImportances | None = None,
 ) -> list[StudyReport]:
     """Analyse ``study`` (and ``compared`` beside it) and write its report into ``out``, its
-    importances computed in a second process meanwhile. Returns the analyses, ``study``'s first.
+    importances computed in a second process meanwhile (``importances``: that process, started
+    before the study was read; it is closed here). Returns the analyses, ``study``'s first.
 
     Raises:
         UserError: a study has nothing to analyse (see :func:`analyse_study`).
     """
-    importances = PendingImportances(study)
+    if importances is None:
+        importances = PendingImportances()
     try:
+        importances.compute(study)
         reps = [analyse_study(s, n_bootstrap) for s in (study, *compared)]
         write_report(reps[0], out, storage_url, importances, reps[1:], dashboard)
     finally:
@@ -519,6 +557,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # The importances' process starts first: it imports scikit-learn while the study is read.
+    importances = PendingImportances()
     try:
         if args.bootstrap < 10:
             raise UserError(f"--bootstrap must be at least 10, got {args.bootstrap}")
@@ -526,17 +566,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         compared = [
             load_report_study(args.compare_storage or args.storage, name) for name in args.compare
         ]
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out or Path("reports") / study.study_name)
-    try:
+        out = Path(args.out or Path("reports") / study.study_name)
         reps = make_report(
-            study, out, args.storage, compared, args.bootstrap, not args.no_dashboard
+            study, out, args.storage, compared, args.bootstrap, not args.no_dashboard, importances
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        importances.close()
     for r in reps:
         print(headline(r.fit, r.name))
         if r.fit.note:

@@ -361,6 +361,26 @@ def test_importances_from_the_second_process_are_those_of_the_stored_study(db: P
     assert pending.result() == (expected, "")
 
 
+def test_the_second_process_started_before_the_study_is_read_gets_its_trials(db: Path) -> None:
+    """``python -m study.report`` starts it first, so that it imports scikit-learn while the
+    study is read; the trials are sent to it afterwards."""
+    pending = report.PendingImportances()
+    with pytest.raises(RuntimeError):
+        pending.result()  # nothing sent yet
+    study = load(URL, "smoke")
+    pending.compute(study)
+    assert pending.result() == (_stored_importances(study), "")
+
+
+def test_a_report_refused_before_its_study_is_read_leaves_no_second_process(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import multiprocessing
+
+    assert _fails(capsys, "--storage", URL, "--study-name", "nope")
+    assert multiprocessing.active_children() == []
+
+
 def test_importances_are_computed_here_when_the_second_process_dies(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
