@@ -246,9 +246,17 @@ def importances_of(trials: Sequence[FrozenTrial], direction: StudyDirection) -> 
     return out, "; ".join(notes)
 
 
-def _importances_child(requests: Connection, results: Connection) -> None:
+def _importances_child(
+    requests: Connection, results: Connection, parent_ends: tuple[Connection, ...] = ()
+) -> None:
     """The second process: import the evaluators (scikit-learn: 1.4 s) while the report reads
-    its study, then compute the importances of the trials it is sent and send them back."""
+    its study, then compute the importances of the trials it is sent and send them back.
+
+    ``parent_ends``: the parent's ends of both pipes, which a forked child holds copies of;
+    closed here, so that a parent killed before it sends the trials ends this process (EOF).
+    """
+    for conn in parent_ends:
+        conn.close()
     # Ctrl-C reaches this process too: the parent alone handles it, and stops this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # as in the parent (a spawned child)
@@ -293,7 +301,9 @@ class PendingImportances:
             requests, self._send = ctx.Pipe(duplex=False)
             self._conn, results = ctx.Pipe(duplex=False)
             self._proc = ctx.Process(
-                target=_importances_child, args=(requests, results), daemon=True
+                target=_importances_child,
+                args=(requests, results, (self._send, self._conn)),
+                daemon=True,
             )
             self._proc.start()
             requests.close()

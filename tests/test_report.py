@@ -381,6 +381,33 @@ def test_a_report_refused_before_its_study_is_read_leaves_no_second_process(
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_the_second_process_ends_when_the_report_is_killed_before_sending_it_the_trials(
+    workdir: Path,
+) -> None:
+    """A report killed (SIGKILL) between starting its importances' process and reading its
+    study leaves no process behind: the child sees the pipe close, though, forked, it got copies
+    of the parent's ends of it."""
+    code = (
+        "import os\nfrom study.report import PendingImportances\n"
+        "p = PendingImportances()\nprint(p._proc.pid, flush=True)\nos._exit(0)\n"
+    )
+    # To a file, not a pipe: the child holds the pipe open too, so waiting for its end would
+    # wait for the child.
+    with open(workdir / "pid", "w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=120)
+    pid = int((workdir / "pid").read_text().split()[0])
+
+    def ended() -> bool:  # gone, or a zombie left for init to reap
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+    wait_until(ended, 60, f"the importances' process {pid} to end")
+
+
 def test_importances_are_computed_here_when_the_second_process_dies(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
