@@ -12,6 +12,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from study import _faults
 from study.data import Dataset, load_dataset
 from study.sampling import LR, WIDTH, PerWidthPruner
 from study.space import Space
@@ -182,6 +183,7 @@ class Reports:
         if step not in values:
             values[step] = float(value)
             self._rows.append((trial, step, float(value)))
+            _faults.at_epoch(trial.number, step, self.write)  # tests only: see study._faults
 
     def write_if_due(self) -> None:
         if time.monotonic() - self._written >= self._every_s:

@@ -32,6 +32,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
+from study import _faults
 from study._console import Progress, count_trials
 from study.objective import Objective, Reports, trial_seed
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
@@ -426,6 +427,7 @@ def _die_with_parent() -> None:
 def _worker_main(cfg: WorkerConfig, parent_pid: int) -> None:
     """One worker process: its own storage connection, sampler and objective."""
     _die_with_parent()
+    _faults.set_worker()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         return
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -296,23 +296,37 @@ def out_of_patience(epoch: int, best_epoch: int, patience: int, epochs: int) -> 
     return patience > 0 and epoch < epochs and epoch - best_epoch >= patience
 
 
+# A float32 value whose rounding tells the arithmetic apart: bf16 (8 significant bits) keeps 1,
+# tf32 (11) keeps 1 + 2**-9, fp32 (24) keeps it all.
+_PROBE = 1 + 2**-9 + 2**-12
+
+
+@functools.cache
 def matmul_arithmetic(precision: str, device: torch.device) -> str:
     """What a float32 matmul computes in under ``precision`` on ``device``: "fp32", "bf16"
-    (inputs rounded to bfloat16, fp32 sums) or "tf32".
+    (inputs rounded to bfloat16, fp32 sums), "tf32" (inputs rounded to TensorFloat-32), or
+    "reduced" (inputs rounded some other way).
 
-    torch maps "medium" to bf16 on CPU, taken where oneDNN has bf16 matmuls (AVX-512 or AMX;
-    elsewhere fp32), and to TF32 on CUDA; "high" to TF32 on both, which CUDA runs from compute
-    capability 8 and these CPUs not at all.
+    Measured, not looked up: one probe matmul (of the shape of a small training step) run under
+    ``precision``, its inputs chosen so that each arithmetic rounds them differently. torch maps
+    "medium" to bf16 on a CPU where oneDNN reports bf16 support, yet oneDNN may still choose an
+    fp32 kernel (an AMD Zen 4 does, with AVX-512 BF16 but no AMX); CUDA runs TF32 from compute
+    capability 8.
     """
     if precision == "highest":
         return "fp32"
-    if device.type == "cuda":
-        return "tf32" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
-    if device.type == "cpu" and precision == "medium":
-        with contextlib.suppress(AttributeError, RuntimeError):
-            if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                return "bf16"
-    return "fp32"
+    a = torch.full((64, 256), _PROBE, device=device)
+    b = torch.zeros(256, 128, device=device)
+    b[0] = 1.0  # every output is exactly a[i, 0] rounded as the matmul rounds its inputs
+    with matmul_precision(precision):
+        got = (a @ b)[0, 0].item()
+    return _arithmetic_of(got)
+
+
+def _arithmetic_of(probe: float) -> str:
+    """The arithmetic that rounds ``_PROBE`` to ``probe``."""
+    names = {_PROBE: "fp32", 1 + 2**-9: "tf32", 1.0: "bf16"}
+    return names.get(probe, "reduced")
 
 
 @contextlib.contextmanager

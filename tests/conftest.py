@@ -54,10 +54,10 @@ def write_space(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-def spawn(*args: str, cwd: Path) -> subprocess.Popen:
+def spawn(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``python -m study.run ARGS`` as its own process (for kill and Ctrl-C tests), one
-    worker unless ARGS say otherwise."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    worker unless ARGS say otherwise; ``env`` is added to the environment."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.Popen(
         [sys.executable, "-m", "study.run", "--workers", "1", *args],
         cwd=cwd,
@@ -76,6 +76,32 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def fault_env(spec: str, token: Path) -> dict[str, str]:
+    """The environment that makes a run take a fault at a known point (see study._faults):
+    e.g. ``kill@3`` kills the first process that stores a trial's epoch 3."""
+    from study._faults import FAULT_ENV, TOKEN_ENV
+
+    return {FAULT_ENV: spec, TOKEN_ENV: str(token)}
+
+
+def fault_taken(token: Path, proc: subprocess.Popen, timeout_s: float = 300) -> tuple[int, int]:
+    """Wait until a process of the run ``proc`` took the fault; its pid and trial number.
+
+    The process writes its line only after storing its trial's curve, and signals itself after.
+    """
+
+    def said() -> bool:
+        if token.is_file() and token.read_text().endswith("\n"):
+            return True
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before the fault:\n" + proc.stdout.read())
+        return False
+
+    wait_until(said, timeout_s, "a process to take the fault")
+    pid, number = token.read_text().split()
+    return int(pid), int(number)
 
 
 # A space whose trials take long enough to be killed or interrupted in the middle.

@@ -12,7 +12,16 @@ import torch
 from optuna.trial import TrialState
 
 from study.run import MAX_DEFAULT_WORKERS, default_stack_max_width, default_workers, main
-from tests.conftest import SLOW_SPACE, db_digest, load, spawn, wait_until, write_space
+from tests.conftest import (
+    SLOW_SPACE,
+    db_digest,
+    fault_env,
+    fault_taken,
+    load,
+    spawn,
+    wait_until,
+    write_space,
+)
 
 
 def _run(*args: str) -> int:
@@ -247,36 +256,22 @@ def test_every_width_gets_its_equal_share_even_when_stacked(workdir: Path) -> No
 def test_sigkill_mid_study_is_resumed_to_exactly_the_total(workdir: Path) -> None:
     url = "sqlite:///k.db"
     path = write_space(workdir, "slow", SLOW_SPACE)
-    args = ("--space", str(path), "--trials", "5", "--storage", url, "--heartbeat", "1")
-    proc = spawn(*args, cwd=workdir)
-    storage = optuna.storages.RDBStorage(url)
-
-    def running_after_one_finished() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError("the run ended before it could be killed:\n" + proc.stdout.read())
-        try:
-            trials = optuna.load_study(study_name="slow", storage=storage).trials
-        except KeyError:
-            return False
-        finished = sum(t.state.is_finished() for t in trials)
-        # Mid-trial (at least 1 of its 60 epochs reported and far from the last), so the kill
-        # cannot land between one trial's end and the next one's start.
-        running = [
-            t
-            for t in trials
-            if t.state == TrialState.RUNNING and 1 <= len(t.intermediate_values) <= 40
-        ]
-        return finished >= 1 and bool(running)
-
-    try:
-        wait_until(running_after_one_finished, 120, "a finished trial and a running one")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    args = ("--space", str(path), "--storage", url, "--heartbeat", "1")
+    assert _run(*args, "--trials", "2") == 0  # mid-study: two trials finished before the kill
+    token = workdir / "fault"
+    # The process kills itself once it has stored a trial's epoch 3: mid-trial, curve stored.
+    proc = spawn(*args, "--trials", "5", cwd=workdir, env=fault_env("kill@3", token))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, out
+    pid, number = fault_taken(token, proc)
+    assert pid == proc.pid
+    (killed_trial,) = [t for t in load(url, "slow").trials if t.number == number]
+    assert killed_trial.state == TrialState.RUNNING
+    assert sorted(killed_trial.intermediate_values) == [1, 2, 3]
     killed = _states(url, "slow")[TrialState.RUNNING]
     assert killed >= 1  # left behind by the killed process (a stack of trials, or one)
 
-    resumed = spawn(*args, cwd=workdir)
+    resumed = spawn(*args, "--trials", "5", cwd=workdir)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     states = _states(url, "slow")
@@ -284,7 +279,7 @@ def test_sigkill_mid_study_is_resumed_to_exactly_the_total(workdir: Path) -> Non
     assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0
     trials = load(url, "slow").trials
     stale = [t for t in trials if t.state == TrialState.FAIL and "surplus" not in t.system_attrs]
-    assert len(stale) == killed  # the killed trials, failed by their stale heartbeat...
+    assert len(stale) == killed and number in {t.number for t in stale}  # failed as stale...
     retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
     assert retried == {t.number for t in stale}  # ...and each queued again
 
@@ -300,40 +295,36 @@ def test_a_trial_failed_meanwhile_by_another_process_is_dropped_and_its_retry_ru
     from study.storage import claim_stale_trial
 
     url = "sqlite:///m.db"
-    path = write_space(workdir, "slow", SLOW_SPACE.replace("epochs = 60", "epochs = 200"))
+    path = write_space(workdir, "slow", SLOW_SPACE)
+    token = workdir / "fault"
+    # The run freezes itself (SIGSTOP) once it has stored a trial's epoch 3, as a suspended
+    # laptop would; it goes on where it was when sent SIGCONT.
     proc = spawn(
-        "--space", str(path), "--trials", "4", "--storage", url, "--stack", "1", cwd=workdir
+        *("--space", str(path), "--trials", "4", "--storage", url, "--stack", "1"),
+        cwd=workdir,
+        env=fault_env("stop@3", token),
     )
-    lost: list[int] = []
-
-    def fail_a_running_trial() -> bool:  # what another process's stale check does
-        if proc.poll() is not None:
-            raise AssertionError("the run ended first:\n" + proc.stdout.read())
-        try:
-            study = load(url, "slow")
-        except KeyError:
-            return False
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.intermediate_values and claim_stale_trial(study, t._trial_id):  # mid-trial
-                RetryHeartbeatStaleTrialCallback(max_retry=3)(
-                    study, study._storage.get_trial(t._trial_id)
-                )
-                lost.append(t.number)
-                return True
-        return False
-
     try:
-        wait_until(fail_a_running_trial, 120, "a running trial with reported epochs")
+        pid, lost = fault_taken(token, proc)
+        study = load(url, "slow")
+        (trial,) = [t for t in study.trials if t.number == lost]
+        assert trial.state == TrialState.RUNNING and len(trial.intermediate_values) == 3
+        # What another process's stale check does meanwhile: fail it, queue its retry.
+        assert claim_stale_trial(study, trial._trial_id)
+        RetryHeartbeatStaleTrialCallback(max_retry=3)(
+            study, study._storage.get_trial(trial._trial_id)
+        )
+        os.kill(pid, signal.SIGCONT)
         out, _ = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 0, out
-    assert f"trial {lost[0]} was failed meanwhile by another process" in out, out
+    assert f"trial {lost} was failed meanwhile by another process" in out, out
     assert "Traceback" not in out
     trials = load(url, "slow").trials
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
-    assert [t.number for t in trials if t.state == TrialState.FAIL] == lost
-    assert [t.system_attrs.get("failed_trial") for t in trials].count(lost[0]) == 1  # retried
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [lost]
+    assert [t.system_attrs.get("failed_trial") for t in trials].count(lost) == 1  # retried
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 

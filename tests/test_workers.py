@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import sqlite3
@@ -18,7 +17,16 @@ import pytest
 from optuna.trial import TrialState
 
 from study.runner import SURPLUS
-from tests.conftest import SLOW_SPACE, free_port, load, postgres_url, wait_until, write_space
+from tests.conftest import (
+    SLOW_SPACE,
+    fault_env,
+    fault_taken,
+    free_port,
+    load,
+    postgres_url,
+    wait_until,
+    write_space,
+)
 
 # Short trials: two tiny widths, two epochs.
 QUICK = """
@@ -37,12 +45,13 @@ n_startup_trials = 2
 """
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    """``python -m study.run ARGS`` in its own session, as a terminal would run it."""
+def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m study.run ARGS`` in its own session, as a terminal would run it; ``env`` is
+    added to the environment."""
     return subprocess.Popen(
         [sys.executable, "-m", "study.run", "--no-report", *args],
         cwd=cwd,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -147,41 +156,28 @@ def test_a_forked_worker_names_itself_not_its_parent() -> None:
 def test_sigkill_of_one_worker_the_others_finish_and_retry_its_trial(workdir: Path) -> None:
     url = "sqlite:///k.db"
     path = write_space(workdir, "slow", SLOW_SPACE)
+    token = workdir / "fault"
     proc = start(
-        "--space",
-        str(path),
-        "--trials",
-        "6",
-        "--workers",
-        "3",
-        "--storage",
-        url,
-        "--heartbeat",
-        "1",
+        *("--space", str(path), "--trials", "6", "--workers", "3", "--storage", url),
+        *("--heartbeat", "1"),
         cwd=workdir,
+        # A started worker kills itself once it has stored a trial's epoch 3 (mid-trial).
+        env=fault_env("kill@3:worker", token),
     )
     pids = _worker_pids(proc)
-
-    def running_pids() -> list[int]:
-        return [
-            int(t.system_attrs["worker"].rsplit(":", 1)[1])
-            for t in trials_of(url, "slow")
-            # mid-trial (of 60 epochs), so the kill cannot land between two trials
-            if t.state == TrialState.RUNNING and 1 <= len(t.intermediate_values) <= 40
-        ]
-
-    wait_until(lambda: bool(set(running_pids()) & set(pids)), 120, "a spawned worker's trial")
-    victim = next(p for p in running_pids() if p in pids)
-    os.kill(victim, signal.SIGKILL)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
+    victim, number = fault_taken(token, proc)
+    assert victim in pids
     assert f"(pid {victim}) ended with signal 9" in out
     trials = assert_exact(url, "slow", 6)
     stale = [t for t in trials if t.state == TrialState.FAIL and not t.system_attrs.get(SURPLUS)]
+    assert number in {t.number for t in stale}
+    assert {t.system_attrs["worker"].rsplit(":", 1)[1] for t in stale} == {str(victim)}
     retries = {
         t.system_attrs["failed_trial"]: t for t in trials if "failed_trial" in t.system_attrs
     }
-    assert stale and set(retries) == {t.number for t in stale}  # the victim's trials, retried
+    assert set(retries) == {t.number for t in stale}  # the victim's trials, retried
     for t in stale:
         assert retries[t.number].params == t.params
 
@@ -246,12 +242,11 @@ def test_three_workers_on_postgresql_as_on_three_machines(workdir: Path) -> None
     assert "password" not in str(load(url, name).user_attrs)
 
 
-def test_soak_random_kills_and_restarts_lose_nothing(workdir: Path) -> None:
-    """Short trials, three workers, random SIGKILLs of a worker or of the whole run, restarts."""
+def test_soak_kills_and_restarts_lose_nothing(workdir: Path) -> None:
+    """Short trials, three workers, SIGKILLs of a worker and of the whole run, restarts."""
     url = "sqlite:///soak.db"
     path = write_space(workdir, "quick", QUICK)
     target, rounds, kills = 150, 3, 0
-    rng = random.Random(0)
     args = (
         "--space",
         str(path),
@@ -269,19 +264,22 @@ def test_soak_random_kills_and_restarts_lose_nothing(workdir: Path) -> None:
     def finished() -> int:
         return sum(t.state.is_finished() for t in trials_of(url, "quick"))
 
-    for _ in range(rounds):
-        proc = start(*args[:-1], cwd=workdir)  # not quiet: it prints the worker pids
-        pids = _worker_pids(proc)
-        for victim in (rng.choice(pids), proc.pid):  # one worker, then the whole run
-            before = finished()
-            wait_until(
-                lambda b=before, p=proc: finished() >= b + 5 or p.poll() is not None,
-                120,
-                "progress",
-            )
-            if proc.poll() is not None:
-                break
-            os.kill(victim, signal.SIGKILL)  # killing the run kills its workers with it
+    for r in range(rounds):
+        # Each round: a started worker kills itself at its first trial's first epoch (a fault
+        # every round, at a point the test names), then the whole run is killed once 5 more
+        # trials have finished, wherever its processes are then.
+        token = workdir / f"fault{r}"
+        proc = start(*args[:-1], cwd=workdir, env=fault_env("kill@1:worker", token))
+        pids = _worker_pids(proc)  # not quiet: it prints the worker pids
+        victim, _ = fault_taken(token, proc)
+        assert victim in pids
+        kills += 1
+        before = finished()
+        wait_until(
+            lambda b=before, p=proc: finished() >= b + 5 or p.poll() is not None, 120, "progress"
+        )
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # killing the run kills its workers with it
             kills += 1
         proc.wait(timeout=120)
         proc.stdout.close()
