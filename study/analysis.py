@@ -154,6 +154,11 @@ class WidthEstimate:
     def at_edge(self) -> bool:
         return self.edge is not None
 
+    def lr_errors(self) -> tuple[float, float]:
+        """How far the interval reaches below and above lr* (both >= 0): error bars."""
+        assert self.lr_star is not None and self.lr_low is not None and self.lr_high is not None
+        return max(0.0, self.lr_star - self.lr_low), max(0.0, self.lr_high - self.lr_star)
+
 
 @dataclass
 class Fit:
@@ -250,7 +255,10 @@ def analyze(
             idx = rng.integers(0, len(comp), len(comp))
             boot[b] = estimate_lr_star(x[idx], y[idx], window_log2)[0]
         replicates[w] = boot
-        est.lr_low, est.lr_high = (float(2.0**q) for q in np.percentile(boot, [tail, 100 - tail]))
+        low, high = np.percentile(boot, [tail, 100 - tail])
+        # The interval holds its estimate: a bound equal to it up to rounding (all replicates
+        # on one point) came out 1e-16 past it, and a negative error bar crashed the report.
+        est.lr_low, est.lr_high = float(2.0 ** min(low, x_star)), float(2.0 ** max(high, x_star))
         est.edge = _edge(pts, best.lr, est.lr_star, lr_range)
         if est.edge:
             est.note = (
@@ -297,6 +305,7 @@ def analyze(
         boot_slopes[b] = s
         boot_lines[b] = s * xw + c
     lo, hi = np.percentile(-boot_slopes, [tail, 100 - tail])
+    lo, hi = min(lo, -slope), max(hi, -slope)  # the interval holds its estimate
     band_lo, band_hi = np.percentile(boot_lines, [tail, 100 - tail], axis=0)
     edges = [e.width for e in used if e.at_edge]
     note = ""

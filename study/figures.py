@@ -79,7 +79,7 @@ def _loss_vs_lr(ax: Axes, panel: Panel) -> None:
             ax.errorbar(
                 [est.lr_star],
                 [est.best_value],
-                xerr=[[est.lr_star - est.lr_low], [est.lr_high - est.lr_star]],
+                xerr=np.array(est.lr_errors()).reshape(2, 1),
                 fmt="*",
                 ms=13,
                 color=c,
@@ -131,7 +131,7 @@ def _lr_star(ax: Axes, panels: Sequence[Panel]) -> None:
             ax.errorbar(
                 [e.width],
                 [e.lr_star],
-                yerr=[[e.lr_star - e.lr_low], [e.lr_high - e.lr_star]],
+                yerr=np.array(e.lr_errors()).reshape(2, 1),
                 fmt=markers[i % 4],
                 color=c,
                 capsize=3,
@@ -315,8 +315,8 @@ def plotly_lr_star(panels: Sequence[Panel]) -> go.Figure:
                 error_y=dict(
                     type="data",
                     symmetric=False,
-                    array=[e.lr_high - e.lr_star for e in used],
-                    arrayminus=[e.lr_star - e.lr_low for e in used],
+                    array=[e.lr_errors()[1] for e in used],
+                    arrayminus=[e.lr_errors()[0] for e in used],
                 ),
                 hovertemplate="width %{x}<br>lr* %{y:.3g}<extra></extra>",
             )
@@ -421,8 +421,8 @@ def plotly_loss_vs_lr(panels: Sequence[Panel]) -> go.Figure:
                         error_x=dict(
                             type="data",
                             symmetric=False,
-                            array=[est.lr_high - est.lr_star],
-                            arrayminus=[est.lr_star - est.lr_low],
+                            array=[est.lr_errors()[1]],
+                            arrayminus=[est.lr_errors()[0]],
                         ),
                         hovertemplate=f"width {est.width}: lr* %{{x:.3g}}<extra></extra>",
                     ),
