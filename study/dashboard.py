@@ -8,7 +8,6 @@ one and exit).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
 import ipaddress
@@ -23,7 +22,13 @@ from typing import Any
 import optuna
 
 from study._errors import UserError
-from study.storage import DEFAULT_STORAGE, dashboard_url, mask_url, require_existing
+from study.storage import (
+    DEFAULT_STORAGE,
+    MaskingArgumentParser,
+    dashboard_url,
+    mask_url,
+    require_existing,
+)
 
 __all__ = ["dashboard_command", "main", "save_to_dashboard"]
 
@@ -95,9 +100,7 @@ def dashboard_command(storage: str, host: str, port: int, allow_remote: bool) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m study.dashboard", description=__doc__.splitlines()[0]
-    )
+    p = MaskingArgumentParser(prog="python -m study.dashboard", description=__doc__.splitlines()[0])
     p.add_argument("--storage", default=DEFAULT_STORAGE)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

@@ -69,7 +69,7 @@ def _split_indices(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.nd
     counts = np.bincount(y)
     if counts[counts > 0].min() < 2:  # a class of one cannot sit on both sides
         order = rng.permutation(len(y))
-        n_val = max(1, round(val_fraction * len(y)))
+        n_val = min(len(y) - 1, max(1, round(val_fraction * len(y))))  # neither side empty
         return np.sort(order[n_val:]), np.sort(order[:n_val])
     train, val = [], []
     for c in np.flatnonzero(counts):
@@ -100,7 +100,7 @@ def load_dataset(cfg: DatasetConfig, seed: int, device: torch.device | str = "cp
         device: where the tensors live for the whole study.
     """
     x_tr, y_tr, x_va, y_va = _split(cfg, seed)
-    n_classes = 10 if cfg.name == "digits" else cfg.n_classes
+    n_classes = cfg.shape[2]
 
     def f32(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.float32, device=device)

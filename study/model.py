@@ -56,11 +56,6 @@ class Model(nn.Module):
         return self.out(h)
 
 
-def _hidden_widths(cfg: ModelConfig, width: int) -> list[int]:
-    mults = cfg.hidden_multipliers or (1.0,) * cfg.depth
-    return [max(1, round(k * width)) for k in mults]
-
-
 def _assign_roles(model: Model, layers: list[nn.Module]) -> None:
     """Roles of every layer's parameters; the first layer reads the data, the rest the width."""
     roles: list[tuple[str, nn.Parameter]] = []
@@ -90,7 +85,7 @@ def build_model(
         n_classes: output size (logits).
         image_shape: (height, width) of the images, required by the CNN.
     """
-    sizes = _hidden_widths(cfg, width)
+    sizes = cfg.hidden_sizes(width)
     layers: list[nn.Module] = []
     blocks: list[nn.Module] = []
     if cfg.family == "mlp":

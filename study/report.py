@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import html
 import importlib
 import json
 import math
 import multiprocessing
+import re
+import shlex
 import signal
 import sys
 import threading
@@ -34,11 +37,19 @@ from optuna.trial import FrozenTrial, TrialState
 from study._errors import UserError
 from study.analysis import Fit, Point, analyze, headline, points_from_trials
 from study.sampling import LR, WIDTH
-from study.storage import DEFAULT_STORAGE, mask_url, open_storage, require_existing
+from study.storage import (
+    DEFAULT_STORAGE,
+    MaskingArgumentParser,
+    mask_text,
+    mask_url,
+    open_storage,
+    require_existing,
+)
 
 __all__ = [
     "PendingImportances",
     "StudyReport",
+    "default_report_dir",
     "importances_of",
     "load_report_study",
     "main",
@@ -47,6 +58,35 @@ __all__ = [
 ]
 
 DASHBOARD_FIGURE_ID = "lr_star_vs_width"
+# A study name is kept as its report folder's name only if it is made of these, ...
+_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_KEPT_NAME = 100  # ... no longer than this (a file name has at most 255 bytes), ...
+# ... and does not end as a changed name does: "-" and the first hex digits of its SHA-256.
+_HASH_HEX = 10
+_HASHED_END = re.compile(rf"-[0-9a-f]{{{_HASH_HEX}}}$")
+
+
+def default_report_dir(study_name: str) -> Path:
+    """``reports/<folder>`` in the current folder, for a report with no ``--out``.
+
+    A study name is any string (Optuna stores ``/tmp/x``, ``../../x`` or ``.hidden``, and anyone
+    with the database can choose it), so it is never used as a path: the folder keeps only
+    ``[A-Za-z0-9._-]`` (others become ``_``), never starts with ``.`` and is never empty. A name
+    that had to change carries ``-`` and a hash of the real name, which a kept name never ends
+    with, so two different names never share a folder.
+    """
+    safe = _UNSAFE_CHAR.sub("_", study_name)
+    if (
+        safe == study_name
+        and safe
+        and not safe.startswith(".")
+        and len(safe) <= _MAX_KEPT_NAME
+        and not _HASHED_END.search(safe)
+    ):
+        return Path("reports") / safe
+    digest = hashlib.sha256(study_name.encode("utf-8", "surrogatepass")).hexdigest()
+    stem = safe.lstrip(".")[:64] or "study"
+    return Path("reports") / f"{stem}-{digest[:_HASH_HEX]}"
 
 
 @dataclass
@@ -84,7 +124,8 @@ def load_report_study(storage_url: str, study_name: str | None) -> optuna.Study:
     """Load a study for reading; never creates a storage or a study.
 
     Raises:
-        UserError: the storage or the study does not exist, or the name is ambiguous.
+        UserError: the storage or the study does not exist, the name is ambiguous, or the study
+            does not minimize one value (the validation loss this report reads).
     """
     shown = mask_url(storage_url)
     require_existing(storage_url)
@@ -102,7 +143,14 @@ def load_report_study(storage_url: str, study_name: str | None) -> optuna.Study:
             f"study {study_name!r} not found in {shown}; studies there: "
             + (", ".join(names) or "(none)")
         )
-    return optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    directions = [d.name.lower() for d in study.directions]
+    if directions != ["minimize"]:
+        raise UserError(
+            f"study {study_name!r} in {shown} optimizes {' and '.join(directions)}: the report "
+            "reads one value to minimize (a validation loss); choose a study made by study.run"
+        )
+    return study
 
 
 def analyse_study(study: optuna.Study, n_bootstrap: int = 1000) -> StudyReport:
@@ -371,7 +419,8 @@ def _note_markdown(rep: StudyReport, storage_url: str) -> str:
             f"| {e.trials} | {e.complete} | {e.pruned} | {e.diverged} | {e.edge or ''} |"
         )
     space = rep.study.user_attrs.get("space")
-    command = rep.study.user_attrs.get("command", "python -m study.run ...")
+    # Masked again: a study stored by an older version may hold the password in its command.
+    command = mask_text(rep.study.user_attrs.get("command", "python -m study.run ..."))
     lines += [
         "",
         "Method: " + fit.settings.get("estimator", "") + "; pruned and diverged trials "
@@ -380,7 +429,10 @@ def _note_markdown(rep: StudyReport, storage_url: str) -> str:
         "Reproduce:",
         "```",
         command,
-        f"python -m study.report --storage {mask_url(storage_url)} --study-name {rep.name}",
+        shlex.join(
+            ["python", "-m", "study.report", "--storage", mask_url(storage_url)]
+            + ["--study-name", rep.name]
+        ),
         "```",
     ]
     if space:
@@ -541,10 +593,14 @@ def write_report(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
+    p = MaskingArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
     p.add_argument("--storage", default=DEFAULT_STORAGE)
     p.add_argument("--study-name", default=None, help="default: the only study in the storage")
-    p.add_argument("--out", default=None, help="output folder (default: reports/STUDY_NAME)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: reports/STUDY_NAME, the name made a safe folder name)",
+    )
     p.add_argument(
         "--compare",
         action="append",
@@ -576,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compared = [
             load_report_study(args.compare_storage or args.storage, name) for name in args.compare
         ]
-        out = Path(args.out or Path("reports") / study.study_name)
+        out = Path(args.out) if args.out else default_report_dir(study.study_name)
         reps = make_report(
             study, out, args.storage, compared, args.bootstrap, not args.no_dashboard, importances
         )

@@ -24,24 +24,28 @@ import optuna
 import torch
 
 from study._console import Progress, count_trials, summary_table
-from study._errors import UserError
+from study._errors import UserError, is_storage_full
+from study.cost import check_memory
 from study.objective import Objective
 from study.runner import (
     CPU_STACK_MAX_WIDTH,
     WorkerConfig,
     fail_stale,
     quiet_sqlalchemy_log,
+    quiet_storage_full_threads,
     run_trials,
     run_workers,
     start_method,
 )
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
-from study.space import Space, load_space, space_diff, space_from_dict
+from study.space import Space, load_space, space_diff, space_from_dict, space_source
 from study.storage import (
     DEFAULT_STORAGE,
+    MaskingArgumentParser,
     count_stored_trials,
     create_or_load_study,
     dashboard_url,
+    mask_argv,
     mask_url,
     open_storage,
     stored_space,
@@ -166,7 +170,7 @@ def _metadata(space: Space, argv: Sequence[str]) -> dict[str, Any]:
     from importlib.metadata import version
 
     return {
-        "command": shlex.join(["python", "-m", "study.run", *_masked_argv(argv)]),
+        "command": shlex.join(["python", "-m", "study.run", *mask_argv(argv)]),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -179,18 +183,8 @@ def _metadata(space: Space, argv: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _masked_argv(argv: Sequence[str]) -> list[str]:
-    out = list(argv)
-    for i, a in enumerate(out):
-        if a.startswith("--storage="):
-            out[i] = "--storage=" + mask_url(a.split("=", 1)[1])
-        elif i > 0 and out[i - 1] == "--storage":
-            out[i] = mask_url(a)
-    return out
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = MaskingArgumentParser(
         prog="python -m study.run",
         description="Run (or resume) a width x learning-rate study.",
     )
@@ -240,7 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report-dir",
         default=None,
-        help="where the report goes at the end (default: reports/STUDY_NAME)",
+        help="where the report goes at the end (default: reports/STUDY_NAME, the name made a "
+        "safe folder name)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -268,6 +263,7 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
     # the summary say what matters. Bugs still raise with their traceback.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     quiet_sqlalchemy_log()
+    quiet_storage_full_threads()
     try:
         if args.trials < 1:
             raise UserError(f"--trials must be a positive integer, got {args.trials}")
@@ -283,6 +279,8 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
             raise UserError("--study-name must not be empty (leave it out for the space's name)")
         space = load_space(args.space or DEFAULT_SPACE)
         device = resolve_device(args.device)
+        # Before anything is stored: the widest trial fits in the device's memory.
+        check_memory(space, device, source=space_source(args.space or DEFAULT_SPACE))
         study_name = args.study_name or space.name
         storage = open_storage(args.storage, heartbeat_s=args.heartbeat)
         opened.append(storage)
@@ -294,6 +292,7 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
             if stored.get("name") == space.name:
                 differ = space_diff(stored, space.to_dict())
             space = space_from_dict(stored)
+            check_memory(space, device, source="the study's stored space")
         n_existing = _count_existing(storage, study_name)
         study, created = create_or_load_study(
             storage,
@@ -386,6 +385,16 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
             )
     except KeyboardInterrupt:
         status = 130
+    except Exception as e:
+        if not is_storage_full(e):
+            raise
+        # The trials left RUNNING are failed and retried by the next run, as after a kill.
+        print(
+            f"error: storage {shown} is full (no space left on its disk); free some, then "
+            f"resume: {shlex.join(resume)}",
+            file=sys.stderr,
+        )
+        return 2
     if status == 130:
         say("\ninterrupted: the study is stored; run the resume command to continue")
     trials = study.get_trials(deepcopy=False)
@@ -405,9 +414,9 @@ def _main(argv: Sequence[str] | None, opened: list[optuna.storages.RDBStorage]) 
 def _report(study: optuna.Study, args: argparse.Namespace, study_name: str, say: Any) -> None:
     """The headline at the end of a run, and the full report in ``--report-dir``."""
     from study.analysis import headline
-    from study.report import make_report
+    from study.report import default_report_dir, make_report
 
-    out = Path(args.report_dir or Path("reports") / study_name)
+    out = Path(args.report_dir) if args.report_dir else default_report_dir(study_name)
     (rep,) = make_report(study, out, args.storage)
     say("")
     say(headline(rep.fit, study_name))

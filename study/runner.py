@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 
 from study import _faults
 from study._console import Progress, count_trials
+from study._errors import STORAGE_FULL_STATUS, StorageFull, is_storage_full
 from study.objective import Objective, Reports, trial_seed
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
 from study.stacked import can_stack, train_stacked
@@ -53,6 +54,7 @@ __all__ = [
     "WorkerConfig",
     "fail_stale",
     "quiet_sqlalchemy_log",
+    "quiet_storage_full_threads",
     "run_trials",
     "run_workers",
     "start_method",
@@ -413,6 +415,26 @@ def quiet_sqlalchemy_log() -> None:
         logger.addHandler(logging.NullHandler())
 
 
+def quiet_storage_full_threads() -> None:
+    """No traceback from the heartbeat threads when the storage is full.
+
+    Each running trial's heartbeat thread dies on its next write to a full disk, and Python
+    prints its traceback: 16 trials printed 630 lines. The main thread meets the same error and
+    says it in one line; the trials stay RUNNING, and the next run fails and retries them as it
+    does a killed run's. Other errors in threads are printed as before.
+    """
+    if getattr(threading.excepthook, "quiet_storage_full", False):
+        return
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or not is_storage_full(args.exc_value):
+            default(args)
+
+    hook.quiet_storage_full = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 def _die_with_parent() -> None:
     """Linux: the kernel kills this worker when its parent dies (a SIGKILL of the run)."""
     try:
@@ -432,8 +454,13 @@ def _worker_main(cfg: WorkerConfig, parent_pid: int) -> None:
         return
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     quiet_sqlalchemy_log()
+    quiet_storage_full_threads()
     try:
         _work(cfg, parent_pid)
+    except Exception as e:
+        if not is_storage_full(e):
+            raise
+        sys.exit(STORAGE_FULL_STATUS)  # the run says it, once
     finally:
         # Python's last garbage collection walks torch's objects: 0.4 s of the run's wait for
         # this worker. Frozen objects are skipped; the storage was closed before.
@@ -529,6 +556,8 @@ def run_workers(
         nonlocal status
         for i, p in enumerate(procs):
             if not p.is_alive() and i not in reported and p.exitcode not in (0, None):
+                if p.exitcode == STORAGE_FULL_STATUS:
+                    raise StorageFull(f"worker {spawned[i].worker} found the storage full")
                 reported.add(i)
                 how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"status {p.exitcode}"
                 who = f"worker {spawned[i].worker} (pid {p.pid})"

@@ -23,6 +23,10 @@ from typing import Any, Literal
 from study._errors import SpaceError
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_EPOCHS",
+    "MAX_SAMPLES",
+    "MAX_WIDTH",
     "DatasetConfig",
     "LRConfig",
     "ModelConfig",
@@ -34,6 +38,7 @@ __all__ = [
     "available_spaces",
     "load_space",
     "resolve_space_path",
+    "space_source",
     "space_diff",
     "space_from_dict",
 ]
@@ -53,6 +58,26 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise _FieldError(key, message)
 
 
+# Bounds on sizes, so that a typo (an extra zero, an int64) is refused with its key instead of
+# overflowing, hanging or allocating after narrower widths trained. They admit far more than a
+# machine can train; what a space costs on this machine is checked from its shapes too
+# (:func:`study.cost.check_memory`).
+# Units of one layer: widths, each hidden layer after hidden_multipliers, and the data's sizes.
+MAX_WIDTH = 2**24
+# Hidden layers: each is built one by one (10**8 of them hangs before the first epoch).
+MAX_DEPTH = 1_000
+# At about a millisecond an epoch for the smallest model, 10**5 epochs are hours a trial.
+MAX_EPOCHS = 100_000
+# teacher_student's samples, and the largest batch (one of all the training samples: full batch).
+MAX_SAMPLES = 2**30
+# digits: scikit-learn's images, their pixels and classes.
+_DIGITS_SHAPE = (1797, 64, 10)
+
+
+def _require_int(value: int, low: int, high: int, key: str, what: str = "an integer") -> None:
+    _require(low <= value <= high, key, f"must be {what} from {low:,} to {high:,}, got {value:,}")
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     # digits: scikit-learn's 1,797 real 8x8 images (ships with the package, no download).
@@ -70,11 +95,30 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         _require(0 < self.val_fraction < 1, "val_fraction", "must be between 0 and 1 exclusive")
-        _require(self.n_samples >= 20, "n_samples", "must be at least 20")
-        _require(self.n_features >= 1, "n_features", "must be a positive integer")
-        _require(self.n_classes >= 2, "n_classes", "must be at least 2")
-        _require(self.teacher_width >= 1, "teacher_width", "must be a positive integer")
+        _require_int(self.n_samples, 20, MAX_SAMPLES, "n_samples")
+        _require_int(self.n_features, 1, MAX_WIDTH, "n_features")
+        _require_int(self.n_classes, 2, MAX_WIDTH, "n_classes")
+        _require_int(self.teacher_width, 1, MAX_WIDTH, "teacher_width")
         _require(0 <= self.label_noise <= 1, "label_noise", "must be between 0 and 1 inclusive")
+        n, n_val = self.shape[0], self.n_val
+        _require(
+            1 <= n_val <= n - 1,
+            "val_fraction",
+            f"{self.val_fraction:g} of {n:,} samples leaves {n_val:,} for validation and "
+            f"{n - n_val:,} for training; both need at least one",
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Samples, input features and classes of the dataset."""
+        if self.name == "digits":
+            return _DIGITS_SHAPE
+        return self.n_samples, self.n_features, self.n_classes
+
+    @property
+    def n_val(self) -> int:
+        """Validation samples (about; a stratified split rounds class by class)."""
+        return round(self.val_fraction * self.shape[0])
 
 
 @dataclass(frozen=True)
@@ -98,24 +142,38 @@ class ModelConfig:
         _require(len(self.widths) >= 1, "widths", "must list at least one width")
         for w in self.widths:
             _require(w > 0, "widths", f"must be positive integers, got {w}")
+            _require(w <= MAX_WIDTH, "widths", f"must be at most {MAX_WIDTH:,}, got {w:,}")
         _require(len(set(self.widths)) == len(self.widths), "widths", "must not repeat a width")
-        _require(self.depth >= 1, "depth", "must be a positive integer (hidden layers)")
+        _require_int(self.depth, 1, MAX_DEPTH, "depth", "a number of hidden layers")
         for k in self.hidden_multipliers:
-            _require(k > 0, "hidden_multipliers", f"must be positive numbers, got {k:g}")
+            _require(
+                0 < k <= MAX_WIDTH,
+                "hidden_multipliers",
+                f"must be positive numbers up to {MAX_WIDTH:,}, got {k:g}",
+            )
         _require(
             not self.hidden_multipliers or len(self.hidden_multipliers) == self.depth,
             "depth",
             f"must equal the number of hidden_multipliers ({len(self.hidden_multipliers)})",
         )
+        widest = max(self.hidden_sizes(max(self.widths)))
         _require(
-            self.base_width is None or self.base_width > 0,
-            "base_width",
-            "must be a positive integer",
+            widest <= MAX_WIDTH,
+            "hidden_multipliers",
+            f"make a layer of {widest:,} units at width {max(self.widths):,}; "
+            f"at most {MAX_WIDTH:,} are allowed",
         )
+        if self.base_width is not None:
+            _require_int(self.base_width, 1, MAX_WIDTH, "base_width")
 
     def base_width_for(self, width: int) -> int:
         """The muP base width (``width`` / base is the width multiplier m)."""
         return self.base_width or min(self.widths)
+
+    def hidden_sizes(self, width: int) -> list[int]:
+        """Units (MLP) or channels (CNN) of each hidden layer at ``width``."""
+        mults = self.hidden_multipliers or (1.0,) * self.depth
+        return [max(1, round(k * width)) for k in mults]
 
 
 @dataclass(frozen=True)
@@ -143,7 +201,11 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
-        _require(self.weight_decay >= 0, "weight_decay", "must be non-negative")
+        _require(
+            self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+            "weight_decay",
+            "must be a non-negative finite number",
+        )
 
 
 @dataclass(frozen=True)
@@ -173,9 +235,9 @@ class TrainingConfig:
     patience: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "epochs", "must be a positive integer")
+        _require_int(self.epochs, 1, MAX_EPOCHS, "epochs")
         _require(self.patience >= 0, "patience", "must be a non-negative integer (0: off)")
-        _require(self.batch_size >= 1, "batch_size", "must be a positive integer")
+        _require_int(self.batch_size, 1, MAX_SAMPLES, "batch_size")
         _require(0 < self.plateau_factor < 1, "plateau_factor", "must be between 0 and 1")
         _require(self.plateau_patience >= 0, "plateau_patience", "must be non-negative")
         _require(self.divergence_factor > 1, "divergence_factor", "must be greater than 1")
@@ -251,6 +313,7 @@ class Space:
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", "must not be empty")
+        _require_int(self.seed, 0, 2**63 - 1, "seed")
         _require(
             self.model.family != "cnn" or self.dataset.name == "digits",
             "model.family",
@@ -406,6 +469,11 @@ def resolve_space_path(name_or_path: str) -> Path:
         f"unknown space {name_or_path!r}: give a path to a .toml file or one of: "
         + ", ".join(available_spaces())
     )
+
+
+def space_source(name_or_path: str) -> str:
+    """How errors name the file of a space given by name or path."""
+    return _display_path(resolve_space_path(name_or_path))
 
 
 def load_space(name_or_path: str) -> Space:

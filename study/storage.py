@@ -7,10 +7,12 @@ is checked *before* anything is written, and reported as one line (:class:`UserE
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
 import os
+import re
 import sqlite3
 import time
 import warnings
@@ -18,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import unquote, unquote_plus
 
 import optuna
 import sqlalchemy
@@ -40,6 +43,10 @@ __all__ = [
     "dashboard_url",
     "finish_trials",
     "heartbeatless_stale_trial_ids",
+    "MaskingArgumentParser",
+    "mask_argv",
+    "mask_secrets",
+    "mask_text",
     "mask_url",
     "open_storage",
     "require_existing",
@@ -57,12 +64,85 @@ SQLITE_BUSY_TIMEOUT_S = 60.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+# A query parameter whose key (percent-decoded, any case) holds one of these is a secret; so is
+# one whose decoded value holds "KEY=" or "KEY:" with such a key (a whole DSN in one parameter).
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+_SECRET_PAIR = re.compile(r"(?:pass|pwd|secret|token)[^=:&;\s]*\s*[=:]", re.IGNORECASE)
+# scheme://user:PASSWORD@ (the colon may be written %3A, the // left out). The password runs to
+# the *last* "@": an unescaped "@", "/" or "?" in it makes SQLAlchemy send part of it as the host.
+_USERINFO = re.compile(
+    r"^(?P<head>[^:/?#@\s]*:(?://)?(?:[^:/?#@%]|%(?!3[aA]))*(?::|%3[aA]))(?P<password>.*)@",
+    re.DOTALL,
+)
+_PARAM_SEPARATORS = re.compile(r"([&;\s]+)")
+
+
+def _url_pieces(url: str) -> list[tuple[str, bool]]:
+    """``url`` cut into pieces that join back to it, each marked True where it is a secret."""
+    pieces: list[tuple[str, bool]] = []
+    pos = 0
+    if m := _USERINFO.match(url):
+        pieces += [(m["head"], False), (m["password"], True)]
+        pos = m.end("password")
+    q = url.find("?", pos)
+    if "://" not in url:  # not a URL: key=value pairs (a DSN), if anything
+        params_at = pos
+    else:
+        params_at = len(url) if q < 0 else q + 1
+    pieces.append((url[pos:params_at], False))
+    for part in _PARAM_SEPARATORS.split(url[params_at:]):
+        key, eq, value = part.partition("=")
+        if eq and (
+            _SECRET_KEY.search(unquote_plus(key)) or _SECRET_PAIR.search(unquote_plus(value))
+        ):
+            pieces += [(key + eq, False), (value, True)]
+        else:
+            pieces.append((part, False))
+    return pieces
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print or store)."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable storage URL>"
+    """The URL with every secret in it replaced by ``***``: safe to print or store.
+
+    Masks the password of ``user:password@`` (the colon may be written ``%3A``) and the value of
+    every query parameter whose key, percent-decoded and in any case, holds ``pass``, ``pwd``,
+    ``secret`` or ``token`` (``password=``, ``sslpassword=``, ``%70asswd=``, ...), or whose
+    decoded value holds such a ``key=``. Needs no parse: a URL SQLAlchemy refuses is masked too,
+    and so is ``--storage=URL`` whole (the flag is kept). Text without ``://`` is read as
+    ``key=value`` pairs. Everything else is kept as written.
+    """
+    return "".join("***" if secret else piece for piece, secret in _url_pieces(url))
+
+
+def mask_argv(argv: Sequence[str]) -> list[str]:
+    """Command-line arguments with every secret masked (:func:`mask_url` of each): however the
+    flag before a URL is spelled (``--storage URL``, ``--storage=URL``, ``--stor=URL``,
+    ``--compare-storage URL``)."""
+    return [mask_url(a) for a in argv]
+
+
+def mask_text(text: str) -> str:
+    """Free text (a stored command line, an argparse message) with the secrets of every URL in
+    it masked: :func:`mask_url` of each whitespace-separated word."""
+    return "".join(mask_url(word) for word in re.split(r"(\s+)", text))
+
+
+def mask_secrets(text: str, url: str) -> str:
+    """``text`` (a driver's error message) with each secret of ``url`` replaced by ``***``, as
+    written in the URL and percent-decoded, and the secrets of any URL in it masked."""
+    secrets = {piece for piece, secret in _url_pieces(url) if secret and piece}
+    forms = {f for s in secrets for f in (s, unquote(s), unquote_plus(s)) if f}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return mask_text(text)
+
+
+class MaskingArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose error messages mask URLs: argparse echoes a mistyped or
+    ambiguous ``--st=URL`` whole ("ambiguous option: --st=postgresql://u:pw@...")."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(mask_text(message))
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -86,7 +166,7 @@ def require_existing(url: str) -> Path | None:
     try:
         path = sqlite_path(url)
     except Exception:
-        raise UserError(f"storage URL {url!r} does not parse") from None
+        raise UserError(f"storage URL {mask_url(url)!r} does not parse") from None
     if path is not None and not path.is_file():
         raise UserError(f"storage {mask_url(url)}: no such database file {path}")
     return path
@@ -144,10 +224,18 @@ def _check_sqlite_file(path: Path, shown: str) -> bool:
             if "alembic_version" in tables:
                 row = con.execute("SELECT version_num FROM alembic_version").fetchone()
                 revision = row[0] if row else None
+            # Every page read once: a damaged page found later fails a write with a traceback.
+            damage = con.execute("PRAGMA quick_check(1)").fetchone()[0]
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        raise UserError(f"storage {shown}: {path} cannot be read as SQLite: {e}") from None
+        damage = str(e)
+    if damage != "ok":
+        first = damage.replace("*** in database main ***", "").strip().splitlines()[0]
+        raise UserError(
+            f"storage {shown}: {path} is not a readable SQLite database ({first}); use a new "
+            f"file, or recover what it holds with `sqlite3 {path} .recover`"
+        )
     if tables and not {"studies", "version_info"} <= tables:
         some = ", ".join(sorted(tables)[:5])
         raise UserError(
@@ -215,7 +303,7 @@ def open_storage(url: str, heartbeat_s: int | None = 10, validated: bool = False
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:
         raise UserError(
-            f"storage URL {url!r} does not parse; expected e.g. sqlite:///studies.db or "
+            f"storage URL {mask_url(url)!r} does not parse; expected e.g. sqlite:///studies.db or "
             "postgresql+psycopg://user:password@host/dbname"
         ) from None
     shown = mask_url(url)
@@ -232,7 +320,9 @@ def open_storage(url: str, heartbeat_s: int | None = 10, validated: bool = False
         try:
             parsed.get_dialect()
         except Exception as e:
-            raise UserError(f"storage {shown}: unsupported backend or driver ({e})") from None
+            raise UserError(
+                f"storage {shown}: unsupported backend or driver ({mask_secrets(str(e), url)})"
+            ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat_s is not None:
@@ -257,9 +347,10 @@ def open_storage(url: str, heartbeat_s: int | None = 10, validated: bool = False
             if "already exists" in first and attempt < 4:  # the same race on SQLite
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            raise UserError(f"storage {shown}: cannot open: {first}") from None
+            raise UserError(f"storage {shown}: cannot open: {mask_secrets(first, url)}") from None
         except RuntimeError as e:  # Optuna's schema-compatibility error
-            raise UserError(f"storage {shown}: {str(e).splitlines()[0]}") from None
+            first = mask_secrets(str(e).splitlines()[0], url)
+            raise UserError(f"storage {shown}: {first}") from None
     raise AssertionError("unreachable")
 
 
@@ -741,10 +832,16 @@ def _finish_one_by_one(
     return lost
 
 
-def _wait_for_space(storage: RDBStorage, study_name: str, timeout_s: float = 15.0) -> Any:
+# How long a run waits for the space of a study found without one (and without trials): a
+# process creating it stores the space milliseconds after the study. Past this, the study was
+# left half-made (its creator was killed in between) and the run finishes making it.
+CREATION_WAIT_S = 5.0
+
+
+def _wait_for_space(storage: RDBStorage, study_name: str) -> Any:
     """A study another worker has just created gets its space a moment later: wait for it."""
     study_id = storage.get_study_id_from_name(study_name)
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + CREATION_WAIT_S
     while time.monotonic() < deadline:
         space = storage.get_study_user_attrs(study_id).get("space")
         if space is not None:
@@ -785,7 +882,8 @@ def create_or_load_study(
     pruner: optuna.pruners.BasePruner,
     metadata: dict[str, Any],
 ) -> tuple[optuna.Study, bool]:
-    """Create the study with its space and metadata, or load it if it holds the same space.
+    """Create the study with its space and metadata, or load it if it holds the same space; a
+    study left without space and trials (its creator was killed) is finished here.
 
     Returns:
         The study and whether it was created now.
@@ -801,14 +899,30 @@ def create_or_load_study(
     if study_id is not None:
         # Its trials are counted before its attrs are read: a study made by this tool holds its
         # space before its first trial, so a study found with trials and without a space was
-        # not made here, and one found with neither is being made by another process (wait).
+        # not made here, and one found with neither is being made by another process (wait) or
+        # was left half-made by a run killed while making it (finish it).
         # (optuna.get_all_study_summaries reads the other way round, and every study's trials
         # in between: on a PostgreSQL database holding many studies a process starting beside
         # the creator took a new study for a foreign one.)
+        directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
+        if directions != ["minimize"]:
+            raise UserError(
+                f"study {study_name!r} optimizes {' and '.join(directions)} (not made by this "
+                "tool, which minimizes the validation loss); choose another --study-name"
+            )
         n_trials = count_stored_trials(storage, study_id)
         stored = storage.get_study_user_attrs(study_id).get("space")
         if stored is None and n_trials == 0:
             stored = _wait_for_space(storage, study_name)
+            if stored is None:
+                # Left half-made by a run stopped while creating it (or made empty by another
+                # tool): nothing in it to lose, so this run finishes making it.
+                study = optuna.load_study(
+                    study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
+                )
+                use_wal(storage)
+                _store_space(study, space, metadata)
+                return study, True
         if stored is None:
             raise UserError(
                 f"study {study_name!r} holds no search space (not made by this tool); "
@@ -837,8 +951,14 @@ def create_or_load_study(
         # Another process created it between our look and our write: load it and check it.
         return create_or_load_study(storage, study_name, space, sampler, pruner, metadata)
     use_wal(storage)
-    study.set_user_attr("space", space.to_dict())
+    _store_space(study, space, metadata)
+    return study, True
+
+
+def _store_space(study: optuna.Study, space: Space, metadata: dict[str, Any]) -> None:
+    """The study's space, its fingerprint and the run's metadata, as its user attrs. The space
+    comes last: a study holds it only once everything else is stored."""
     study.set_user_attr("space_fingerprint", space.fingerprint())
     for key, value in metadata.items():
         study.set_user_attr(key, value)
-    return study, True
+    study.set_user_attr("space", space.to_dict())

@@ -65,7 +65,8 @@ def test_database_of_another_tool(workdir: Path, capsys: pytest.CaptureFixture[s
 
 
 def _optuna_db(path: Path) -> None:
-    optuna.create_study(study_name="foreign", storage=f"sqlite:///{path}")
+    study = optuna.create_study(study_name="foreign", storage=f"sqlite:///{path}")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
 
 
 def test_database_from_a_newer_optuna_schema(
@@ -89,6 +90,47 @@ def test_study_not_made_by_this_tool(workdir: Path, capsys: pytest.CaptureFixtur
     before = db_digest(path)
     err = _fails(capsys, "--storage", "sqlite:///o.db", "--study-name", "foreign")
     assert "holds no search space" in err
+    assert db_digest(path) == before
+
+
+def test_a_study_left_half_made_by_a_killed_run_is_finished_by_the_next(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed between creating its study and storing the space leaves an empty study
+    without a space: the next run stores it and runs (it refused such a study before)."""
+    import study.storage
+
+    monkeypatch.setattr(study.storage, "CREATION_WAIT_S", 0.1)  # no creator is on its way
+    optuna.create_study(study_name="smoke", storage="sqlite:///h.db")  # what the kill leaves
+    assert (
+        main(
+            [
+                "--space",
+                "smoke",
+                "--trials",
+                "3",
+                "--storage",
+                "sqlite:///h.db",
+                "--quiet",
+                "--no-report",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    made = optuna.load_study(study_name="smoke", storage="sqlite:///h.db")
+    assert made.user_attrs["space"]["name"] == "smoke" and "command" in made.user_attrs
+    assert sum(t.state.is_finished() for t in made.trials) == 3
+
+
+def test_an_empty_study_of_another_direction_is_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = workdir / "max.db"
+    optuna.create_study(study_name="smoke", storage=f"sqlite:///{path}", direction="maximize")
+    before = db_digest(path)
+    assert "optimizes maximize" in _fails(capsys, "--storage", f"sqlite:///{path}")
     assert db_digest(path) == before
 
 
