@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from study.analysis import analyze, points_from_trials
 from study.bench import without_speedups
-from study.run import build_pruner
+from study.builders import build_pruner
 from study.sampling import LR, WIDTH
 from study.space import PrunerConfig, Space, load_space, resolve_space_path
 from study.train import out_of_patience

@@ -9,7 +9,7 @@ The window is wide (:data:`WINDOW_LOG2`, 4 log2 units: a factor 16 each way) bec
 valleys are flat at the bottom: on digits, every lr within 1-2 log2 units of the optimum ends
 within a few percent of the best loss, so the best trial is a coin toss among them and a narrow
 fit follows it. Measured against a grid of every width at 21 lrs x 3 seeds
-(``scripts/lr_grid.py``, README), over 5 studies of ``mlp_digits``: the estimate's mean
+(``scripts/lr_grid.py``, docs/trust.md), over 5 studies of ``mlp_digits``: the estimate's mean
 distance from the middle of the grid's valley (the lrs within 5% of its lowest loss) was 0.29
 log2 with a window of 4 and 0.58 with 2 (largest 0.82 and 2.11), and between studies of the
 same space each width's lr* spread 0.12 log2 against 0.46 (standard deviations).

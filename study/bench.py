@@ -40,9 +40,9 @@ import torch
 from optuna.trial import TrialState
 
 from study.analysis import analyze, points_from_trials
+from study.builders import default_workers
 from study.data import load_dataset
 from study.model import build_model, count_parameters
-from study.run import default_workers
 from study.space import Space, load_space, resolve_space_path
 from study.storage import open_storage, use_wal
 from study.train import matmul_arithmetic, matmul_precision, train

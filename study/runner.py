@@ -29,28 +29,38 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import torch
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from study import _faults
 from study._console import Progress, count_trials
 from study._errors import STORAGE_FULL_STATUS, StorageFull, is_storage_full
+from study.builders import (
+    CPU_STACK_MAX_WIDTH,
+    build_pruner,
+    build_sampler,
+    resolve_device,
+    run_seed,
+)
 from study.objective import Objective, Reports, trial_seed
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
+from study.space import space_from_dict
 from study.stacked import can_stack, train_stacked
 from study.storage import (
     TrialEnd,
     claim_stale_trial,
     claim_waiting_trial,
+    count_stored_trials,
     create_trials,
     finish_trials,
     heartbeatless_stale_trial_ids,
+    open_storage,
     trial_template,
 )
 from study.train import TrainResult, train
 
 __all__ = [
-    "CPU_STACK_MAX_WIDTH",
     "WorkerConfig",
     "fail_stale",
     "quiet_sqlalchemy_log",
@@ -60,11 +70,6 @@ __all__ = [
     "start_method",
 ]
 
-# Stacking 8 trials wins up to this width on one CPU thread: per member, 4.6x faster than alone
-# at width 32, 2.1x at 128, 1.2x at 256, 0.86x at 512 (train vs train_stacked, 4 epochs of
-# mlp_digits, best of 3, AMD EPYC); on an Intel Xeon, with the hand-computed step alone
-# (train.MLPStep), 1.38x at 128, 1.19x at 256, 0.91x at 512. On a GPU every width is stacked.
-CPU_STACK_MAX_WIDTH = 256
 
 # How often a process that waits on other processes' trials looks at the storage again (one
 # incremental read, a few ms): at the end of a study every process but the last waits so.
@@ -468,13 +473,6 @@ def _worker_main(cfg: WorkerConfig, parent_pid: int) -> None:
 
 
 def _work(cfg: WorkerConfig, parent_pid: int) -> None:
-    import torch
-
-    from study.objective import Objective
-    from study.run import build_pruner, build_sampler, resolve_device, run_seed
-    from study.space import space_from_dict
-    from study.storage import count_stored_trials, open_storage
-
     space = space_from_dict(cfg.space)
     device = resolve_device(cfg.device)
     if device.type == "cpu":

@@ -227,11 +227,11 @@ class TrainingConfig:
     # optimizer in fp32) where oneDNN can (AVX-512 or AMX), and a GPU in TF32, as "high" does
     # there. On this project's AMX machine "medium" made the default study 1.3-1.5x faster
     # (1.06-1.28x with early stopping, which cuts most of the wide epochs it sped up), with lr*
-    # unchanged within the run-to-run spread (README, "Matmul precision").
+    # unchanged within the run-to-run spread (docs/speed.md, "Matmul precision").
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     # Early stopping: a trial whose validation loss has not improved for this many epochs stops
     # there and completes with its best loss (0: off, every trial trains every epoch). Its value
-    # changes only where the loss would have improved again later: README, "Early stopping".
+    # changes only where the loss would have improved again later: docs/speed.md, "Early stopping".
     patience: int = 0
 
     def __post_init__(self) -> None:

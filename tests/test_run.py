@@ -11,7 +11,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from study.run import MAX_DEFAULT_WORKERS, default_stack_max_width, default_workers, main
+from study.builders import MAX_DEFAULT_WORKERS, default_stack_max_width, default_workers
+from study.run import main
 from tests.conftest import (
     SLOW_SPACE,
     db_digest,

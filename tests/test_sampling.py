@@ -13,7 +13,7 @@ from optuna.pruners import MedianPruner, SuccessiveHalvingPruner
 from optuna.samplers import RandomSampler
 from optuna.trial import TrialState, create_trial
 
-from study.run import build_pruner
+from study.builders import build_pruner
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
 from study.space import load_space
 from tests.conftest import write_space

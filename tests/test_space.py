@@ -172,7 +172,7 @@ def test_a_stored_space_this_version_cannot_read_is_one_line() -> None:
 
 
 def test_the_shipped_bf16_space_is_the_default_study_but_for_its_matmul_precision() -> None:
-    """mlp_digits_bf16 is compared with mlp_digits (README, "Matmul precision"): nothing else
+    """mlp_digits_bf16 is compared with mlp_digits (docs/speed.md, "Matmul precision"): nothing else
     may differ, or the comparison measures something else too."""
     default, bf16 = load_space("mlp_digits"), load_space("mlp_digits_bf16")
     assert bf16.training.matmul_precision == "medium"

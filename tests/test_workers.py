@@ -117,9 +117,10 @@ def test_workers_started_either_way_end_cleanly_at_the_exact_total(
     workdir: Path, method: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Fork is the CPU default on Linux; spawn is what a GPU (or macOS) run uses."""
+    import study.api
     import study.run
 
-    monkeypatch.setattr(study.run, "start_method", lambda device: method)
+    monkeypatch.setattr(study.api, "start_method", lambda device: method)
     path = write_space(workdir, "quick", QUICK)
     args = ["--space", str(path), "--trials", "12", "--workers", "2", "--storage", "sqlite:///m.db"]
     assert study.run.main([*args, "--no-report"]) == 0
