@@ -9,9 +9,9 @@ passes between two looks at the storage. It names the point instead, before star
     STUDY_FAULT_TOKEN=PATH      required with STUDY_FAULT: the first process to create PATH takes
                                 the fault, every other one goes on
 
-The process stores the values its trials reported up to that epoch, writes ``PID TRIAL_NUMBER``
-and a newline to PATH, and only then signals itself: a test that has read a whole line from PATH
-knows which process took the fault, in which trial, and that its curve is stored. Outside tests
+The process has stored its trial's values up to that epoch; it writes ``PID TRIAL_NUMBER`` and a
+newline to PATH, and only then signals itself: a test that has read a whole line from PATH knows
+which process took the fault, in which trial, and that its curve is stored. Outside tests
 STUDY_FAULT is unset and the check costs one comparison per reported epoch.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["FAULT_ENV", "TOKEN_ENV", "at_epoch", "parse", "set_worker"]
@@ -64,9 +63,9 @@ def set_worker() -> None:
     _in_worker = True
 
 
-def at_epoch(trial_number: int, epoch: int, store: Callable[[], None]) -> None:
-    """Take the fault if this is its epoch and no other process took it: ``store()`` the
-    reported values, say who took it in the token file, then signal this process."""
+def at_epoch(trial_number: int, epoch: int) -> None:
+    """Take the fault if this is its epoch (the epoch's value is stored) and no other process
+    took it: say who takes it in the token file, then signal this process."""
     f = _fault
     if f is None or epoch != f.epoch or (f.worker_only and not _in_worker):
         return
@@ -74,7 +73,6 @@ def at_epoch(trial_number: int, epoch: int, store: Callable[[], None]) -> None:
         fd = os.open(f.token, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return  # another process took it
-    store()
     os.write(fd, f"{os.getpid()} {trial_number}\n".encode())
     os.close(fd)
     os.kill(os.getpid(), f.signal)

@@ -5,8 +5,7 @@ Measures, in one run on this machine, and writes ``bench.json`` and a table:
 * the fp32 matmul peak (torch, 1 thread as trials use, and all threads);
 * training FLOP/s per width (~ 6 x weights x samples / seconds) and its fraction of that peak,
   of a whole run (with its setup and evaluations) and of its training steps alone;
-* ``trial.report`` latency (median, 99th percentile) on the tool's SQLite and on a default one,
-  and the time to create a stack of 8 trials, in one transaction and one by one;
+* ``trial.report`` latency (median, 99th percentile) on the tool's SQLite and on a default one;
 * the default study run by the tool (its defaults: one worker per core, stacking on), the same
   space with no pruning, no early stopping, no stacking and one trial at a time (the reference
   answer), and the naive baseline (``scripts/baseline_naive.py``: DataLoader, default
@@ -145,43 +144,6 @@ def report_latency(folder: Path, n: int = 300) -> dict[str, dict[str, float]]:
         times.sort()
         out[name] = {"median_ms": statistics.median(times), "p99_ms": times[int(0.99 * n) - 1]}
     return out
-
-
-def creation_latency(url: str, k: int = 8, n: int = 25) -> dict[str, float]:
-    """Milliseconds to create a stack of ``k`` trials (width, lr and worker each, as the runner
-    creates them) on ``url``: one by one with Optuna's ``create_new_trial``, and in one
-    transaction with :func:`study.storage.create_trials`; medians of ``n`` alternations."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    from study.storage import create_trials, trial_template
-
-    storage = open_storage(url, heartbeat_s=None)
-    use_wal(storage)
-    study = optuna.create_study(storage=storage, study_name=f"creation-{os.getpid()}-{time.time()}")
-    dists = {"width": CategoricalDistribution([32, 64]), "lr": FloatDistribution(1e-5, 1, log=True)}
-
-    def stack() -> list[optuna.trial.FrozenTrial]:
-        return [
-            trial_template({"width": 32, "lr": 1e-3}, dists, {"worker": "bench"}) for _ in range(k)
-        ]
-
-    optuna_ms, tool_ms = [], []
-    for _ in range(n):
-        templates = stack()
-        t = time.perf_counter()
-        for template in templates:
-            study._storage.create_new_trial(study._study_id, template)
-        optuna_ms.append((time.perf_counter() - t) * 1000)
-        templates = stack()
-        t = time.perf_counter()
-        create_trials(study, templates)
-        tool_ms.append((time.perf_counter() - t) * 1000)
-    storage.engine.dispose()
-    return {
-        "stack": k,
-        "optuna_median_ms": statistics.median(optuna_ms),
-        "tool_median_ms": statistics.median(tool_ms),
-    }
 
 
 def bf16_here() -> bool:
@@ -449,13 +411,6 @@ def _table(res: dict[str, Any]) -> str:
         f"p99 {lat['tool']['p99_ms']:.2f} ms; default SQLite median "
         f"{lat['default']['median_ms']:.2f} ms, p99 {lat['default']['p99_ms']:.2f} ms",
     ]
-    if "creation_latency" in res:  # (a bench.json from before it lacks it)
-        c = res["creation_latency"]
-        lines.append(
-            f"a stack of {c['stack']} trials created: tool SQLite {c['tool_median_ms']:.1f} ms "
-            f"in one transaction, {c['optuna_median_ms']:.1f} ms one by one (Optuna's "
-            "create_new_trial); medians"
-        )
     st = res["studies"]
     n_widths = len(st["reference"]["lr_star"])
     lines += [
@@ -536,7 +491,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         res["peak_gflops_1thread_bf16"] = matmul_peak(1, precision="medium")
         res["training_bf16"] = training_flops(args.space, precision="medium")
     res["report_latency"] = report_latency(folder)
-    res["creation_latency"] = creation_latency(f"sqlite:///{folder / 'latency_tool.db'}")
     res["studies"] = compare_studies(folder, args.space, args.trials, args.workers)
     (folder / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
     print(_table(res))

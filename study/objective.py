@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +15,10 @@ from study import _faults
 from study.data import Dataset, load_dataset
 from study.sampling import LR, WIDTH, PerWidthPruner
 from study.space import Space
-from study.storage import TrialEnd, set_user_attrs, write_reports
+from study.storage import TrialEnd, set_user_attrs
 from study.train import EpochResult, TrainResult, train
 
-__all__ = ["Objective", "trial_seed"]
+__all__ = ["Objective", "report", "trial_seed"]
 
 
 def trial_seed(space: Space, trial_number: int) -> int:
@@ -66,21 +65,20 @@ class Objective:
         return int(width), lr
 
     @staticmethod
-    def reporter(trial: optuna.Trial, reports: Reports) -> Callable[[EpochResult], bool]:
-        """Reports each epoch's validation loss; True when the trial should stop."""
+    def reporter(trial: optuna.Trial, lost: set[int]) -> Callable[[EpochResult], bool]:
+        """Reports each epoch's validation loss; True when the trial should stop (pruned, or
+        ``lost``: failed meanwhile by another process, whose retry runs in its place)."""
 
         def on_epoch(ep: EpochResult) -> bool:
-            reports.add(trial, ep.epoch, ep.val_loss)
-            reports.write_if_due()
-            if trial._trial_id in reports.lost:
-                return True  # stop: its retry runs in its place
+            if not report(trial, ep.epoch, ep.val_loss, lost):
+                return True
             return not ep.diverged and trial.should_prune()
 
         return on_epoch
 
     @staticmethod
     def stack_reporter(
-        trials: list[optuna.Trial], reports: Reports
+        trials: list[optuna.Trial], lost: set[int]
     ) -> Callable[[list[int], list[EpochResult]], list[bool]]:
         """For a stack of ``trials``: reports the epoch's validation loss of every member
         still training, then asks the pruner about each (see :func:`study.train_stacked`)."""
@@ -91,12 +89,12 @@ class Objective:
 
         def on_epoch(members: list[int], eps: list[EpochResult]) -> list[bool]:
             live = [trials[m] for m in members]
-            for t, ep in zip(live, eps, strict=True):
-                reports.add(t, ep.epoch, ep.val_loss)
-            reports.write_if_due()
+            reported = [
+                report(t, ep.epoch, ep.val_loss, lost) for t, ep in zip(live, eps, strict=True)
+            ]
             return [
-                t._trial_id in reports.lost or (not ep.diverged and t.should_prune())
-                for t, ep in zip(live, eps, strict=True)
+                not ok or (not ep.diverged and t.should_prune())
+                for t, ep, ok in zip(live, eps, reported, strict=True)
             ]
 
         return on_epoch
@@ -132,7 +130,7 @@ class Objective:
         return TrialEnd(trial, TrialState.COMPLETE, r.best_val_loss, attrs)
 
     def finish(self, trial: optuna.Trial, r: TrainResult, lr: float) -> float:
-        """Record the run on the trial, in one write; its value, or TrialPruned if stopped or
+        """Record the run on the trial (its user attrs); its value, or TrialPruned if stopped or
         diverged."""
         end = self.end(trial, r)
         set_user_attrs(trial, end.user_attrs)
@@ -146,55 +144,18 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         width, lr = self.suggest(trial)
         seed = trial_seed(self.space, trial.number)
-        reports = Reports()
-        try:
-            r = train(self.space, self.data, width, lr, seed, self.reporter(trial, reports))
-        finally:
-            reports.write()
+        r = train(self.space, self.data, width, lr, seed, self.reporter(trial, set()))
         return self.finish(trial, r, lr)
 
 
-# How often reported values are written to the storage while trials train.
-REPORT_WRITE_S = 1.0
-
-
-class Reports:
-    """Values reported by running trials: each goes to its trial at once (the pruner asks the
-    trial, not the storage) and to the storage in one write at most every ``every_s`` seconds
-    and on :meth:`write`, which the runner calls before a trial is told.
-
-    A write per epoch was 1.8-2.0 ms a member-epoch of a stack in a two-process study, a third
-    of width 32's epoch, and each write takes SQLite's one write lock, which the other process
-    waits for. The dashboard shows a running trial's curve at most ``every_s`` late; a killed
-    trial loses at most that much of its curve (it is failed and retried anyway).
-    """
-
-    def __init__(self, every_s: float = REPORT_WRITE_S) -> None:
-        self._every_s = every_s
-        self._rows: list[tuple[optuna.Trial, int, float]] = []
-        self._written = time.monotonic()
-        # Trials found finished by another process while this one ran them (a stale check saw
-        # their heartbeat late: they were failed and their retry queued). They are lost here.
-        self.lost: set[int] = set()
-
-    def add(self, trial: optuna.Trial, step: int, value: float) -> None:
-        """As ``trial.report(value, step)`` (a step reported before is ignored), unwritten."""
-        values = trial._cached_frozen_trial.intermediate_values
-        if step not in values:
-            values[step] = float(value)
-            self._rows.append((trial, step, float(value)))
-            _faults.at_epoch(trial.number, step, self.write)  # tests only: see study._faults
-
-    def write_if_due(self) -> None:
-        if time.monotonic() - self._written >= self._every_s:
-            self.write()
-
-    def take(self) -> list[tuple[optuna.Trial, int, float]]:
-        """The values not stored yet, for the caller to store (no longer held here)."""
-        rows, self._rows = self._rows, []
-        self._written = time.monotonic()
-        return rows
-
-    def write(self) -> None:
-        """Store every value not stored yet, in one write (none of a lost trial)."""
-        self.lost |= write_reports(self.take())
+def report(trial: optuna.Trial, epoch: int, value: float, lost: set[int]) -> bool:
+    """``trial.report(value, epoch)``; False (and the trial's id added to ``lost``) when another
+    process failed the trial meanwhile (its stale check saw no heartbeat from here for the grace
+    period, e.g. while this machine was suspended) and queued its retry."""
+    try:
+        trial.report(value, epoch)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        lost.add(trial._trial_id)
+        return False
+    _faults.at_epoch(trial.number, epoch)  # tests only: see study._faults
+    return True

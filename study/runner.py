@@ -30,12 +30,18 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from study import _faults
 from study._console import Progress, count_trials
 from study._errors import STORAGE_FULL_STATUS, StorageFull, is_storage_full
+from study._optuna_fixes import (
+    claim_stale_trial,
+    claim_waiting_trial,
+    heartbeat,
+    heartbeat_enabled,
+    stale_trial_ids,
+)
 from study.builders import (
     CPU_STACK_MAX_WIDTH,
     build_pruner,
@@ -43,18 +49,15 @@ from study.builders import (
     resolve_device,
     run_seed,
 )
-from study.objective import Objective, Reports, trial_seed
+from study.objective import Objective, trial_seed
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
 from study.space import space_from_dict
 from study.stacked import can_stack, train_stacked
 from study.storage import (
     TrialEnd,
-    claim_stale_trial,
-    claim_waiting_trial,
     count_stored_trials,
     create_trials,
     finish_trials,
-    heartbeatless_stale_trial_ids,
     open_storage,
     trial_template,
 )
@@ -104,14 +107,14 @@ def fail_stale(study: optuna.Study) -> None:
     trial; the total stays exact).
     """
     storage = study._storage
-    if not is_heartbeat_enabled(storage):
+    if not heartbeat_enabled(storage):
         return
     now = time.monotonic()
     checked = _last_stale_check.setdefault(storage, {})
     if now - checked.get(study._study_id, -math.inf) < storage.get_heartbeat_interval():
         return
     checked[study._study_id] = now
-    stale = storage._get_stale_trial_ids(study._study_id) + heartbeatless_stale_trial_ids(study)
+    stale = stale_trial_ids(study)
     callback = storage.get_heartbeat_stale_trial_callback()
     for trial_id in stale:
         if not claim_stale_trial(study, trial_id):
@@ -179,7 +182,7 @@ def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
     """Ask for a trial and record its first heartbeat; None when it got no slot (surplus)."""
     with _Deferred() as held:
         trial = _ask(study)
-        if is_heartbeat_enabled(study._storage):
+        if heartbeat_enabled(study._storage):
             study._storage.record_heartbeat(trial._trial_id)  # stale from now on if we die
         # Which process runs it (host:pid), for finding a lost worker in a many-machine study.
         study._storage.set_trial_system_attr(trial._trial_id, WORKER, _worker_id())
@@ -193,9 +196,9 @@ def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
     return None if surplus else trial
 
 
-def _tell(study: optuna.Study, ends: list[TrialEnd], reports: Reports) -> list[TrialState | None]:
-    """Store the trials' reports and tell their ends, all in one transaction
-    (:func:`~study.storage.finish_trials`).
+def _tell(study: optuna.Study, ends: list[TrialEnd], lost: set[int]) -> list[TrialState | None]:
+    """Tell the trials' ends (:func:`~study.storage.finish_trials`); ``lost`` gains the ids of
+    those another process failed meanwhile.
 
     Call it inside ``_Deferred``: an interrupt between two writes would leave a trial RUNNING.
 
@@ -204,8 +207,7 @@ def _tell(study: optuna.Study, ends: list[TrialEnd], reports: Reports) -> list[T
         (its stale check saw no heartbeat from here for the grace period, e.g. while this
         machine was suspended) and queued its retry, which runs in its place.
     """
-    lost = finish_trials(study, ends, reports.take())  # a lost trial's reports are dropped
-    reports.lost |= lost
+    lost |= finish_trials(study, ends)
     for e in ends:
         if e.trial._trial_id in lost:
             print(
@@ -216,14 +218,9 @@ def _tell(study: optuna.Study, ends: list[TrialEnd], reports: Reports) -> list[T
     return [None if e.trial._trial_id in lost else e.state for e in ends]
 
 
-def _fail_all(
-    study: optuna.Study, trials: list[optuna.Trial], reports: Reports | None = None
-) -> None:
-    """Fail every trial not finished yet, after storing what it reported (if it still can)."""
+def _fail_all(study: optuna.Study, trials: list[optuna.Trial]) -> None:
+    """Fail every trial not finished yet (what it reported is stored already)."""
     with _Deferred():  # a second Ctrl-C must not leave a trial RUNNING
-        if reports is not None:
-            with contextlib.suppress(Exception):  # e.g. a trial failed meanwhile as stale
-                reports.write()
         for trial in trials:
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
@@ -238,7 +235,7 @@ def run_one_trial(study: optuna.Study, objective: Objective, target: int) -> Tri
     trial = _new_trial(study, target)
     if trial is None:
         return None
-    with get_heartbeat_thread(trial._trial_id, study._storage):
+    with heartbeat(study._storage, trial._trial_id):
         return _train_and_tell(study, objective, trial)
 
 
@@ -246,18 +243,16 @@ def _train_and_tell(
     study: optuna.Study, objective: Objective, trial: optuna.Trial
 ) -> TrialState | None:
     """Train one created trial (its heartbeat already running) and tell its end."""
-    reports = Reports()
+    lost: set[int] = set()
     try:
         width, lr = objective.suggest(trial)
         seed = trial_seed(objective.space, trial.number)
-        r = train(
-            objective.space, objective.data, width, lr, seed, objective.reporter(trial, reports)
-        )
+        r = train(objective.space, objective.data, width, lr, seed, objective.reporter(trial, lost))
     except BaseException:
-        _fail_all(study, [trial], reports)
+        _fail_all(study, [trial])
         raise
     with _Deferred() as held:
-        (state,) = _tell(study, [objective.end(trial, r)], reports)
+        (state,) = _tell(study, [objective.end(trial, r)], lost)
     held.deliver()
     return state
 
@@ -274,8 +269,8 @@ def run_new_trials(
 
     ``trials`` is the study as just read: it gives the free slots, the width's share and the
     history the lrs are sampled from (:meth:`WidthStratifiedSampler.sample_new`). The trials are
-    stored whole (width, lr, worker) in one transaction (:func:`~study.storage.create_trials`),
-    their heartbeats start at once, and one read
+    stored whole (width, lr, worker; :func:`~study.storage.create_trials`), their heartbeats
+    start at once, and one read
     afterwards checks that it holds a slot and its width's share: another worker may have
     created trials meanwhile; a trial that lost that race is failed before training (surplus).
 
@@ -301,31 +296,31 @@ def run_new_trials(
     ]
     sampler.sample_new(study, trials, new, LR, lr_dist)
     members: list[optuna.Trial] = []
-    reports = Reports()
+    lost: set[int] = set()
     with contextlib.ExitStack() as beats:
         try:
             with _Deferred() as interrupted:  # every trial created gets its heartbeat
-                for trial_id in create_trials(study, new):  # one transaction
+                for trial_id in create_trials(study, new):
                     members.append(optuna.Trial(study, trial_id))
-                    beats.enter_context(get_heartbeat_thread(trial_id, study._storage))
+                    beats.enter_context(heartbeat(study._storage, trial_id))
                 members = _drop_surplus(study, members, target, width, share)
             interrupted.deliver()
             lrs = [t.params[LR] for t in members]
             seeds = [trial_seed(space, t.number) for t in members]
             results: list[TrainResult] = []
             if len(members) == 1:
-                reporter = objective.reporter(members[0], reports)
+                reporter = objective.reporter(members[0], lost)
                 results = [train(space, objective.data, width, lrs[0], seeds[0], reporter)]
             elif members:
-                reporter_all = objective.stack_reporter(members, reports)
+                reporter_all = objective.stack_reporter(members, lost)
                 results = train_stacked(space, objective.data, width, lrs, seeds, reporter_all)
         except BaseException:
-            _fail_all(study, members, reports)
+            _fail_all(study, members)
             raise
         extra = {"stacked": len(members)} if len(members) > 1 else None
         ends = [objective.end(t, r, extra) for t, r in zip(members, results, strict=True)]
         with _Deferred() as interrupted:  # every trial is told, even if Ctrl-C comes meanwhile
-            _tell(study, ends, reports)
+            _tell(study, ends, lost)
         interrupted.deliver()
     return len(members)
 

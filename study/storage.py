@@ -8,9 +8,6 @@ is checked *before* anything is written, and reported as one line (:class:`UserE
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import math
 import os
 import re
 import sqlite3
@@ -18,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import unquote, unquote_plus
@@ -36,13 +33,10 @@ __all__ = [
     "DEFAULT_STORAGE",
     "TrialEnd",
     "create_or_load_study",
-    "claim_stale_trial",
-    "claim_waiting_trial",
     "count_stored_trials",
     "create_trials",
     "dashboard_url",
     "finish_trials",
-    "heartbeatless_stale_trial_ids",
     "MaskingArgumentParser",
     "mask_argv",
     "mask_secrets",
@@ -55,7 +49,6 @@ __all__ = [
     "stored_space",
     "trial_template",
     "use_wal",
-    "write_reports",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
@@ -179,15 +172,13 @@ def dashboard_url(url: str) -> str:
 
 
 def _optuna_schema() -> tuple[str, set[str]]:
-    """Optuna's own alembic head revision and all revisions it knows."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    base = Path(optuna.storages._rdb.storage.__file__).parent
-    cfg = Config(str(base / "alembic.ini"))
-    cfg.set_main_option("script_location", str(base / "alembic"))
-    script = ScriptDirectory.from_config(cfg)
-    return script.get_current_head() or "", {r.revision for r in script.walk_revisions()}
+    """Optuna's own schema revision (its head) and every revision it knows; read from a storage
+    in memory, so the file being checked is not opened for it."""
+    memory = RDBStorage("sqlite:///:memory:", skip_compatibility_check=True)
+    try:
+        return memory.get_head_version(), set(memory.get_all_versions())
+    finally:
+        memory.engine.dispose()
 
 
 def _check_sqlite_file(path: Path, shown: str) -> bool:
@@ -354,233 +345,10 @@ def open_storage(url: str, heartbeat_s: int | None = 10, validated: bool = False
     raise AssertionError("unreachable")
 
 
-def heartbeatless_stale_trial_ids(study: optuna.Study) -> list[int]:
-    """RUNNING trials that never sent a heartbeat and started more than a grace period ago.
-
-    A process killed between creating a trial and its first heartbeat leaves such a trial;
-    Optuna's stale check skips trials without a heartbeat, so it would stay RUNNING forever.
-    """
-    from optuna.storages._rdb import models
-
-    rdb = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(rdb, RDBStorage) or rdb.heartbeat_interval is None:
-        return []
-    grace = timedelta(seconds=rdb.grace_period or 2 * rdb.heartbeat_interval)
-    session = rdb.scoped_session()
-    try:
-        rows = (
-            session.query(models.TrialModel)
-            .filter(models.TrialModel.study_id == study._study_id)
-            .filter(models.TrialModel.state == TrialState.RUNNING)
-            .filter(~models.TrialModel.heartbeats.any())
-            .all()
-        )
-        now = datetime.now()
-        return [r.trial_id for r in rows if r.datetime_start and now - r.datetime_start > grace]
-    finally:
-        session.close()
-        rdb.scoped_session.remove()
-
-
-def claim_waiting_trial(study: optuna.Study, trial_id: int) -> bool:
-    """Start a queued (WAITING) trial in one conditional UPDATE; True only for the one process
-    that did.
-
-    Optuna's ``ask`` pops a queued trial by reading its state and then writing RUNNING; on
-    SQLite, which has no row locks, two processes can both pop it and both train it (the second
-    ``tell`` then fails: "Cannot tell a COMPLETE trial"). ``UPDATE ... WHERE state = WAITING``
-    succeeds for exactly one of them.
-    """
-    return _set_state_if(study, trial_id, TrialState.WAITING)
-
-
-def claim_stale_trial(study: optuna.Study, trial_id: int) -> bool:
-    """Fail a RUNNING trial in one conditional UPDATE; True only for the one process that did.
-
-    Two processes that both see a trial go stale must not both queue a retry (on SQLite, which
-    has no row locks, Optuna's read-then-write lets both succeed). ``UPDATE ... WHERE state =
-    RUNNING`` succeeds for exactly one of them.
-    """
-    return _set_state_if(study, trial_id, TrialState.RUNNING)
-
-
-def _set_state_if(study: optuna.Study, trial_id: int, expected: TrialState) -> bool:
-    """Move a trial from ``expected`` to the next state (WAITING to RUNNING, RUNNING to FAIL)
-    in one conditional UPDATE; True if this call did."""
-    from optuna.storages._rdb import models
-
-    start = expected == TrialState.WAITING
-    rdb = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(rdb, RDBStorage):
-        if start:
-            return study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
-        return study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    now = datetime.now(UTC).replace(tzinfo=None)  # stored as naive UTC
-    column = (
-        models.TrialModel._datetime_start_utc if start else models.TrialModel._datetime_complete_utc
-    )
-    session = rdb.scoped_session()
-    try:
-        n = (
-            session.query(models.TrialModel)
-            .filter(models.TrialModel.trial_id == trial_id)
-            .filter(models.TrialModel.state == expected)
-            .update(
-                {
-                    models.TrialModel.state: TrialState.RUNNING if start else TrialState.FAIL,
-                    column: now,
-                },
-                synchronize_session=False,
-            )
-        )
-        session.commit()
-        return n == 1
-    except Exception:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-        rdb.scoped_session.remove()
-
-
-def _upsert_dialect(storage: Any) -> Any:
-    """The SQLAlchemy dialect module whose INSERT has ON CONFLICT (SQLite >= 3.24, PostgreSQL)
-    for the RDB storage behind ``storage``; None where it has none (the caller falls back to
-    Optuna's own calls)."""
-    rdb = getattr(storage, "_backend", storage)
-    dialect = rdb.engine.name if isinstance(rdb, RDBStorage) else None
-    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-        from sqlalchemy.dialects import sqlite as module
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql as module
-    else:
-        return None
-    return module
-
-
-def _upsert(
-    trials: list[optuna.Trial],
-    module: Any,
-    model: Any,
-    rows: list[dict[str, Any]],
-    key: str,
-    skip_finished: bool = False,
-) -> set[int]:
-    """One INSERT ... ON CONFLICT (trial_id, ``key``) DO UPDATE of ``rows`` and one commit,
-    after checking that every trial is still running (as Optuna's own writes do).
-
-    Returns:
-        With ``skip_finished``, the ids of the trials found finished, whose rows were left out
-        (else such a trial raises UpdateFinishedTrialError).
-    """
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    storage = trials[0].storage
-    rdb = getattr(storage, "_backend", storage)
-    ids = [t._trial_id for t in trials]
-    finished: set[int] = set()
-    with _create_scoped_session(rdb.scoped_session, True) as session:
-        states = dict(
-            session.query(models.TrialModel.trial_id, models.TrialModel.state).filter(
-                models.TrialModel.trial_id.in_(ids)
-            )
-        )
-        for trial_id in ids:
-            if trial_id not in states:
-                raise KeyError(f"No trial with trial_id {trial_id} exists.")
-            if skip_finished and states[trial_id].is_finished():
-                finished.add(trial_id)
-            else:
-                rdb.check_trial_is_updatable(trial_id, states[trial_id])
-        _upsert_rows(
-            session, module, model, [r for r in rows if r["trial_id"] not in finished], key
-        )
-    return finished
-
-
-def _upsert_rows(
-    session: Any, module: Any, model: Any, rows: list[dict[str, Any]], key: str
-) -> None:
-    """INSERT ... ON CONFLICT (trial_id, ``key``) DO UPDATE of ``rows`` in ``session``."""
-    if rows:
-        insert = module.insert(model).values(rows)
-        columns = {c: insert.excluded[c] for c in rows[0] if c not in ("trial_id", key)}
-        upsert = insert.on_conflict_do_update(
-            index_elements=[model.trial_id, getattr(model, key)], set_=columns
-        )
-        session.execute(upsert)
-
-
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Set several user attributes of a running trial in one statement and one commit.
-
-    ``trial.set_user_attr`` makes a transaction of three statements per attribute: 13.2 ms for a
-    trial's 13 attributes on the tool's SQLite, against 2.0 ms here (one multi-row upsert;
-    medians of 40, measured side by side).
-    """
-    from optuna.storages._rdb import models
-
-    module = _upsert_dialect(trial.storage)
-    if module is None:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    rows = _attr_rows(trial._trial_id, attrs)
-    _upsert([trial], module, models.TrialUserAttributeModel, rows, "key")
-    trial._cached_frozen_trial.user_attrs.update(attrs)
-
-
-def _attr_rows(trial_id: int, attrs: dict[str, Any]) -> list[dict[str, Any]]:
-    """A trial's attrs (user or system) as rows of Optuna's attr tables."""
-    return [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-
-
-def write_reports(rows: Sequence[tuple[optuna.Trial, int, float]]) -> set[int]:
-    """Store reported values, ``(trial, step, value)`` of running trials, in one statement and
-    one commit (Optuna's ``trial.report`` makes a transaction of each).
-
-    Only the storage is written: the reporter has already put each value in its trial (see
-    :class:`study.objective.Reports`). A step stored before is overwritten.
-
-    Returns:
-        The ids of the trials found finished meanwhile (failed by another process whose stale
-        check saw their heartbeat late): their values are not written.
-    """
-    from optuna.storages._rdb import models
-
-    if not rows:
-        return set()
-    trials = list({id(t): t for t, _, _ in rows}.values())
-    module = _upsert_dialect(trials[0].storage)
-    if module is None:
-        lost = set()
-        for trial, step, value in rows:
-            try:
-                trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                lost.add(trial._trial_id)
-        return lost
-    model = models.TrialIntermediateValueModel
-    return _upsert(trials, module, model, _report_rows(rows), "step", skip_finished=True)
-
-
-def _report_rows(rows: Sequence[tuple[optuna.Trial, int, float]]) -> list[dict[str, Any]]:
-    from optuna.storages._rdb import models
-
-    model = models.TrialIntermediateValueModel
-    out = []
-    for trial, step, value in rows:
-        stored, kind = model.intermediate_value_to_stored_repr(float(value))
-        out.append(
-            {
-                "trial_id": trial._trial_id,
-                "step": step,
-                "intermediate_value": stored,
-                "intermediate_value_type": kind,
-            }
-        )
-    return out
+    """Set several user attributes of a running trial (Optuna's ``set_user_attr``, each)."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
 
 
 @dataclass(frozen=True)
@@ -594,95 +362,25 @@ class TrialEnd:
     user_attrs: dict[str, Any]
 
 
-def finish_trials(
-    study: optuna.Study,
-    ends: Sequence[TrialEnd],
-    reports: Sequence[tuple[optuna.Trial, int, float]],
-) -> set[int]:
-    """Store the end of running trials (their ``reports`` ``(trial, step, value)`` not written yet,
-    user attrs, state and value) in one transaction: what ``Reports.write``,
-    :func:`set_user_attrs` and ``study.tell`` store for each trial, in one commit for all of
-    them instead of three each. On the tool's SQLite (a 200-trial study's file, each trial with
-    12 reports and 14 attrs, medians of 25): a stack of 8 trials in 14 ms instead of 52, one
-    trial in 3.0 ms instead of 6.9.
-
-    Each trial is moved from RUNNING by a conditional UPDATE, so a trial that another process
-    failed meanwhile (a stale heartbeat: its retry is queued) is left as it is, with nothing of
-    it written; readers never see a finished trial without its value, attrs or curve.
+def finish_trials(study: optuna.Study, ends: Sequence[TrialEnd]) -> set[int]:
+    """Store how running trials end: each one's user attrs, then its state and value
+    (``study.tell``). A reader never sees a finished trial without its attrs: they are written
+    while it still runs.
 
     Returns:
-        The ids of the trials found finished meanwhile (lost: not written). Reports of trials
-        not in ``ends`` are not written either.
+        The ids of the trials found finished meanwhile (failed by another process whose stale
+        check saw their heartbeat late; their retry runs in their place): left as they are.
     """
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    module = _upsert_dialect(study._storage)
-    if module is None:  # no upsert here: Optuna's own calls, one trial at a time
-        return _finish_one_by_one(study, ends, reports)
-    for end in ends:
-        if end.state == TrialState.COMPLETE and (end.value is None or math.isnan(end.value)):
-            raise ValueError(
-                f"trial {end.trial.number}: a COMPLETE trial needs a value, not {end.value}"
-            )
-        if end.state not in (TrialState.COMPLETE, TrialState.PRUNED):
-            raise ValueError(f"trial {end.trial.number}: cannot end it as {end.state.name}")
-    rdb = getattr(study._storage, "_backend", study._storage)
-    now = datetime.now(UTC).replace(tzinfo=None)  # stored as naive UTC
-    values: dict[int, float | None] = {}
     lost: set[int] = set()
-    study._thread_local.cached_all_trials = None  # as study.tell does
-    with _create_scoped_session(rdb.scoped_session) as session:
-        for end in ends:
-            trial_id = end.trial._trial_id
-            n = (
-                session.query(models.TrialModel)
-                .filter(models.TrialModel.trial_id == trial_id)
-                .filter(models.TrialModel.state == TrialState.RUNNING)
-                .update(
-                    {
-                        models.TrialModel.state: end.state,
-                        models.TrialModel._datetime_complete_utc: now,
-                    },
-                    synchronize_session=False,
-                )
-            )
-            if n != 1:
-                lost.add(trial_id)
-                continue
-            values[trial_id] = (
-                end.value if end.state == TrialState.COMPLETE else _last_value(end.trial)
-            )
-        live = [e for e in ends if e.trial._trial_id not in lost]
-        _upsert_rows(
-            session,
-            module,
-            models.TrialIntermediateValueModel,
-            _report_rows([r for r in reports if r[0]._trial_id in values]),
-            "step",
-        )
-        _upsert_rows(
-            session,
-            module,
-            models.TrialUserAttributeModel,
-            [row for e in live for row in _attr_rows(e.trial._trial_id, e.user_attrs)],
-            "key",
-        )
-        value_rows = []
-        for trial_id, value in values.items():
-            if value is not None:
-                stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-                value_rows.append(
-                    {"trial_id": trial_id, "objective": 0, "value": stored, "value_type": kind}
-                )
-        _upsert_rows(session, module, models.TrialValueModel, value_rows, "objective")
-    for e in live:
-        e.trial._cached_frozen_trial.user_attrs.update(e.user_attrs)
-        value = values[e.trial._trial_id]
-        # As study.tell does (the runner's sampler keeps nothing per trial).
-        study.sampler.after_trial(
-            study, e.trial._cached_frozen_trial, e.state, None if value is None else [value]
-        )
+    for e in ends:
+        try:
+            set_user_attrs(e.trial, e.user_attrs)
+            study.tell(e.trial, e.value if e.state == TrialState.COMPLETE else None, state=e.state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            # Optuna raises these for a trial finished meanwhile; anything else goes on up.
+            if not study._storage.get_trial(e.trial._trial_id).state.is_finished():
+                raise
+            lost.add(e.trial._trial_id)
     return lost
 
 
@@ -710,126 +408,10 @@ def trial_template(
 
 
 def create_trials(study: optuna.Study, templates: Sequence[optuna.trial.FrozenTrial]) -> list[int]:
-    """Create RUNNING trials from ``templates`` (their params, distributions and system attrs;
-    nothing else is taken) in one transaction, and put them in the storage's cache as Optuna's
-    ``create_new_trial`` does, which makes a transaction of each trial and several statements
-    of each param and attr (10-12 ms a trial on the tool's SQLite, AMD EPYC; a stack of 8 here
-    in 3.6-6.2 ms against 47-79 ms, ``study.bench.creation_latency``).
-
-    Numbers are given as Optuna gives them, each trial's number the count of the study's trials
-    created before it, under the same lock: on PostgreSQL the study's row, locked first; on
-    SQLite the database's write lock, taken by the first INSERT (in WAL mode a transaction that
-    reads first and then writes, after another process wrote, fails with "database is locked"
-    at once, whatever the busy timeout: checked with two sqlite3 connections).
-
-    Returns:
-        The trials' ids, in the templates' order.
-    """
-    from optuna.distributions import distribution_to_json
-    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    cached = study._storage
-    module = _upsert_dialect(cached)
-    if not templates:
-        return []
-    if module is None or not isinstance(cached, _CachedStorage):
-        return [cached.create_new_trial(study._study_id, t) for t in templates]
-    for t in templates:
-        if t.state != TrialState.RUNNING or t.values or t.intermediate_values or t.user_attrs:
-            raise ValueError("create_trials takes RUNNING templates with params and system attrs")
-    rdb = cached._backend
-    study_id = study._study_id
-    trial_table = models.TrialModel.__table__
-    ids: list[int] = []
-    with _create_scoped_session(rdb.scoped_session) as session:
-        if module.__name__.endswith("postgresql"):
-            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-        first = 0  # the first trial's number
-        for i, t in enumerate(templates):
-            start = t.datetime_start
-            row = session.execute(
-                trial_table.insert()
-                .values(
-                    study_id=study_id,
-                    number=first + i if i else None,
-                    state=TrialState.RUNNING,
-                    datetime_start=start.astimezone(UTC).replace(tzinfo=None) if start else None,
-                )
-                .returning(trial_table.c.trial_id)
-            )
-            ids.append(int(row.scalar_one()))
-            if i == 0:  # the lock is held from the first INSERT on: count once
-                first = session.execute(
-                    sqlalchemy.select(sqlalchemy.func.count())
-                    .select_from(trial_table)
-                    .where(trial_table.c.study_id == study_id, trial_table.c.trial_id < ids[0])
-                ).scalar_one()
-                session.execute(
-                    trial_table.update()
-                    .where(trial_table.c.trial_id == ids[0])
-                    .values(number=first)
-                )
-        numbers = [first + i for i in range(len(ids))]
-        params = [
-            {
-                "trial_id": trial_id,
-                "param_name": name,
-                "param_value": t.distributions[name].to_internal_repr(value),
-                "distribution_json": distribution_to_json(t.distributions[name]),
-            }
-            for trial_id, t in zip(ids, templates, strict=True)
-            for name, value in t.params.items()
-        ]
-        if params:
-            session.execute(models.TrialParamModel.__table__.insert(), params)
-        attrs = [
-            row
-            for trial_id, t in zip(ids, templates, strict=True)
-            for row in _attr_rows(trial_id, t.system_attrs)
-        ]
-        if attrs:
-            session.execute(models.TrialSystemAttributeModel.__table__.insert(), attrs)
-    frozen = []
-    for trial_id, number, t in zip(ids, numbers, templates, strict=True):
-        f = copy.deepcopy(t)
-        f.number, f._trial_id = number, trial_id
-        frozen.append(f)
-    with cached._lock:  # as _CachedStorage.create_new_trial does
-        if study_id not in cached._studies:
-            cached._studies[study_id] = _StudyInfo()
-        cached._add_trials_to_cache(study_id, frozen)
-    return ids
-
-
-def _last_value(trial: optuna.Trial) -> float | None:
-    """A pruned trial's value as Optuna's tell gives it: its last reported value, if not NaN."""
-    curve = trial._cached_frozen_trial.intermediate_values
-    if not curve:
-        return None
-    value = float(curve[max(curve)])
-    return None if math.isnan(value) else value
-
-
-def _finish_one_by_one(
-    study: optuna.Study,
-    ends: Sequence[TrialEnd],
-    reports: Sequence[tuple[optuna.Trial, int, float]],
-) -> set[int]:
-    lost = write_reports(reports)
-    for e in ends:
-        if e.trial._trial_id in lost:
-            continue
-        try:
-            set_user_attrs(e.trial, e.user_attrs)
-            study.tell(e.trial, e.value if e.state == TrialState.COMPLETE else None, state=e.state)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-            # Optuna raises these for a trial finished meanwhile; anything else goes on up.
-            if not study._storage.get_trial(e.trial._trial_id).state.is_finished():
-                raise
-            lost.add(e.trial._trial_id)
-    return lost
+    """Create RUNNING trials from ``templates`` (their params, distributions and system attrs),
+    each in one call of Optuna's ``create_new_trial``; their ids."""
+    storage, study_id = study._storage, study._study_id
+    return [storage.create_new_trial(study_id, template_trial=t) for t in templates]
 
 
 # How long a run waits for the space of a study found without one (and without trials): a
@@ -851,17 +433,8 @@ def _wait_for_space(storage: RDBStorage, study_name: str) -> Any:
 
 
 def count_stored_trials(storage: optuna.storages.BaseStorage, study_id: int) -> int:
-    """How many trials the study holds, in every state: one COUNT on an RDB storage (Optuna's
-    ``get_n_trials`` reads every trial, 0.3 s for a study of 200 on the AMD machine)."""
-    from optuna.storages._rdb import models
-
-    rdb = getattr(storage, "_backend", storage)
-    if not isinstance(rdb, RDBStorage):
-        return storage.get_n_trials(study_id)
-    table = models.TrialModel.__table__
-    with rdb.engine.connect() as con:
-        query = sqlalchemy.select(sqlalchemy.func.count()).where(table.c.study_id == study_id)
-        return int(con.execute(query.select_from(table)).scalar_one())
+    """How many trials the study holds, in every state."""
+    return storage.get_n_trials(study_id)
 
 
 def stored_space(storage: optuna.storages.BaseStorage, study_name: str) -> dict[str, Any] | None:

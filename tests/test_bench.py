@@ -95,16 +95,3 @@ def test_training_flops_are_those_of_the_fastest_run_as_the_peak_is(
     rows = bench.training_flops("smoke", epochs=1, repeats=3)
     assert [row["seconds_per_epoch"] for row in rows] == [1.0] * len(widths)
     assert next(times, None) is None  # three runs a width, no more
-
-
-def test_trial_creation_is_timed_both_ways_on_one_storage(workdir: Path) -> None:
-    import optuna
-
-    from study.bench import creation_latency
-
-    out = creation_latency("sqlite:///c.db", k=3, n=2)
-    assert out["stack"] == 3 and out["tool_median_ms"] > 0 and out["optuna_median_ms"] > 0
-    (summary,) = optuna.get_all_study_summaries("sqlite:///c.db")
-    trials = optuna.load_study(study_name=summary.study_name, storage="sqlite:///c.db").trials
-    assert [t.number for t in trials] == list(range(12))  # 2 x (3 one by one + 3 at once)
-    assert {t.params["width"] for t in trials} == {32}

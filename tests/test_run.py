@@ -293,7 +293,7 @@ def test_a_trial_failed_meanwhile_by_another_process_is_dropped_and_its_retry_ru
     by another process's stale check and its retry queued: it drops the trial and goes on."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    from study.storage import claim_stale_trial
+    from study._optuna_fixes import claim_stale_trial
 
     url = "sqlite:///m.db"
     path = write_space(workdir, "slow", SLOW_SPACE)

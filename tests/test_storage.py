@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.objective import Reports
+from study.objective import report
 from study.run import main
 from study.storage import (
     TrialEnd,
@@ -177,54 +177,34 @@ def test_user_attrs_are_written_at_once_overwritten_and_refused_once_finished(
 
 
 @pytest.mark.parametrize("url", ["sqlite:///values.db", None])
-def test_reports_are_stored_in_one_write_as_trial_report_stores_them(
+def test_a_report_is_stored_at_once_and_one_to_a_trial_failed_meanwhile_is_lost(
     workdir: Path, url: str | None
 ) -> None:
     storage = open_storage(url, heartbeat_s=None) if url else optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage)
-    batch, alone = [study.ask() for _ in range(4)], [study.ask() for _ in range(4)]
-    values = [0.5, math.nan, math.inf, -math.inf]
-    reports = Reports(every_s=math.inf)  # written only when asked
-    for step in (1, 2):
-        for t, v in zip(batch[: 4 - step], values[: 4 - step], strict=True):
-            reports.add(t, step, v)
-        reports.add(batch[0], step, 99.0)  # a step reported again is ignored, as Optuna does
-        reports.write_if_due()
-        for t, v in zip(alone[: 4 - step], values[: 4 - step], strict=True):
-            t.report(v, step)
-    if url:  # (an in-memory storage holds the trial objects themselves)
-        fresh = optuna.load_study(study_name=study.study_name, storage=storage).trials
-        assert all(not t.intermediate_values for t in fresh[:4])  # nothing written yet...
-    for t, a in zip(batch, alone, strict=True):  # ...but each trial (and its pruner) has them
-        assert str(t._cached_frozen_trial.intermediate_values) == str(
-            a._cached_frozen_trial.intermediate_values
-        )
-    reports.write()
-    for t in batch + alone:
-        study.tell(t, 1.0)
-    stored = optuna.load_study(study_name=study.study_name, storage=storage).trials
-    assert str([t.intermediate_values for t in stored[:4]]) == str(
-        [t.intermediate_values for t in stored[4:]]
+    trial, other = study.ask(), study.ask()
+    lost: set[int] = set()
+    for step, value in enumerate([0.5, math.nan, math.inf], 1):
+        assert report(trial, step, value, lost)
+    fresh = optuna.load_study(study_name=study.study_name, storage=storage).trials
+    assert str(fresh[0].intermediate_values) == str({1: 0.5, 2: math.nan, 3: math.inf})
+    # Another process fails `other` meanwhile (its stale check saw no heartbeat from here).
+    optuna.load_study(study_name=study.study_name, storage=storage).tell(
+        other.number, state=TrialState.FAIL
     )
-    assert stored[0].intermediate_values == {1: 0.5, 2: 0.5}
-    # A trial finished meanwhile (another process failed it as stale) is lost, not written.
-    reports.add(batch[0], 3, 1.0)
-    reports.add(alone[0], 3, 1.0)
-    reports.write()
-    assert reports.lost == {batch[0]._trial_id, alone[0]._trial_id}
-    again = optuna.load_study(study_name=study.study_name, storage=storage).trials
-    assert 3 not in again[0].intermediate_values
+    assert not report(other, 1, 0.3, lost) and lost == {other._trial_id}
+    assert optuna.load_study(study_name=study.study_name, storage=storage).trials[1].state == (
+        TrialState.FAIL
+    )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql", "memory"])
-def test_trials_ended_in_one_transaction_are_stored_as_tell_stores_them(
+def test_trials_ended_by_finish_trials_are_stored_as_tell_stores_them(
     workdir: Path, backend: str
 ) -> None:
-    """finish_trials (the runner's end of a trial: one commit for a whole stack) stores each
-    trial's curve, attrs, state and value as trial.report, set_user_attr and study.tell do, a
-    pruned trial's value being its last reported one; a trial another process failed meanwhile
-    is reported lost and nothing of it is written. (The in-memory storage has no upsert: there
-    it falls back to Optuna's own calls.)"""
+    """finish_trials (the runner's end of a stack of trials) stores each trial's attrs, state
+    and value as set_user_attr and study.tell do, a pruned trial's value being its last
+    reported one; a trial another process failed meanwhile is reported lost, left as it is."""
     url = {"sqlite": "sqlite:///finish.db", "postgresql": None, "memory": None}[backend]
     if backend == "postgresql":
         url = postgres_url()
@@ -240,11 +220,10 @@ def test_trials_ended_in_one_transaction_are_stored_as_tell_stores_them(
     ]
     ended, told = [study.ask() for _ in cases], [study.ask() for _ in cases]
     lost = study.ask()
-    reports = Reports(every_s=math.inf)
     for trial, (curve, _, _) in zip(ended, cases, strict=True):
         for step, v in enumerate(curve, 1):
-            reports.add(trial, step, v)
-    reports.add(lost, 1, 0.3)
+            trial.report(v, step)
+    lost.report(0.3, 1)
     for i, (trial, (curve, state, value)) in enumerate(zip(told, cases, strict=True)):
         for step, v in enumerate(curve, 1):
             trial.report(v, step)
@@ -258,9 +237,9 @@ def test_trials_ended_in_one_transaction_are_stored_as_tell_stores_them(
         TrialEnd(trial, state, value, {"case": i, "loss": "inf"})
         for i, (trial, (_, state, value)) in enumerate(zip(ended, cases, strict=True))
     ]
-    assert finish_trials(
-        study, [*ends, TrialEnd(lost, TrialState.COMPLETE, 0.3, {"case": 9})], reports.take()
-    ) == {lost._trial_id}
+    assert finish_trials(study, [*ends, TrialEnd(lost, TrialState.COMPLETE, 0.3, {"case": 9})]) == {
+        lost._trial_id
+    }
     stored = optuna.load_study(study_name=name, storage=url or storage).trials
     n = len(cases)
     for a, b in zip(stored[:n], stored[n : 2 * n], strict=True):
@@ -272,13 +251,7 @@ def test_trials_ended_in_one_transaction_are_stored_as_tell_stores_them(
         )
         assert a.datetime_complete is not None and a.datetime_complete >= a.datetime_start
     assert [t.values for t in stored[:n]] == [[0.5], [math.inf], [0.7], None, None]
-    assert (stored[-1].state, stored[-1].values, stored[-1].user_attrs) == (
-        TrialState.FAIL,
-        None,
-        {},
-    )
-    if url:  # (an in-memory storage holds the trial objects that Reports.add writes into)
-        assert stored[-1].intermediate_values == {}
+    assert (stored[-1].state, stored[-1].values) == (TrialState.FAIL, None)
 
 
 def _open_at_once(url: str, barrier: Any, errors: Any) -> None:
@@ -318,12 +291,11 @@ def _templates(k: int, worker: str) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql", "memory"])
-def test_trials_created_in_one_transaction_are_stored_as_create_new_trial_stores_them(
+def test_trials_created_from_templates_are_running_with_their_params_and_attrs(
     workdir: Path, backend: str
 ) -> None:
-    """create_trials (a stack's trials in one transaction) stores each trial as Optuna's
-    create_new_trial does (number, state, start, params and their distributions, system attrs),
-    and this process's cache knows them at once. (In memory it is Optuna's own call.)"""
+    """create_trials (a stack's trials) stores each trial as Optuna's create_new_trial does
+    (number, state, start, params and their distributions, system attrs)."""
     from study.storage import create_trials
 
     url = {"sqlite": "sqlite:///create.db", "postgresql": None, "memory": None}[backend]
@@ -337,8 +309,6 @@ def test_trials_created_in_one_transaction_are_stored_as_create_new_trial_stores
     theirs = [study._storage.create_new_trial(study._study_id, t) for t in _templates(3, "here")]
     assert create_trials(study, []) == []
     for trial_id, lr in zip(ours, [0.1, 0.01, 0.001], strict=True):
-        if backend != "memory":  # in the cache, as Optuna's create_new_trial puts them
-            assert trial_id in study._storage._trial_id_to_study_id_and_number
         cached = study._storage.get_trial(trial_id)
         assert (cached.params, cached.system_attrs) == ({"width": 64, "lr": lr}, {"worker": "here"})
         assert optuna.Trial(study, trial_id).params == {"width": 64, "lr": lr}
@@ -387,9 +357,8 @@ def test_processes_creating_trials_at_once_number_them_as_optuna_does(
     workdir: Path, backend: str
 ) -> None:
     """Four processes creating stacks of 4 at the same moment, one of them asking Optuna for a
-    trial after each stack: every number is given once, 0..N-1, and each stack's members have
-    consecutive numbers (each stack is created under the study's lock), without a "database is
-    locked" on SQLite."""
+    trial after each stack: every number is given once, 0..N-1, in each stack in order, without
+    a "database is locked" on SQLite."""
     import multiprocessing
 
     from study.storage import use_wal
@@ -418,7 +387,7 @@ def test_processes_creating_trials_at_once_number_them_as_optuna_does(
     number = {t._trial_id: t.number for t in trials}
     for _, made in results:
         for ids in made:
-            assert [number[i] for i in ids] == list(range(number[ids[0]], number[ids[0]] + 4))
+            assert [number[i] for i in ids] == sorted(number[i] for i in ids)
 
 
 @pytest.mark.parametrize("moment", ["before the trials are counted", "after"])
