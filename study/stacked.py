@@ -19,17 +19,16 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from study import _torch_kernels
+from study._torch_kernels import ADAM_BETAS, ADAM_EPS, fused_adam
 from study.data import Dataset
 from study.model import Model, _lr_mult, build_model, count_parameters
 from study.space import Space
 from study.train import (
-    ADAM_BETAS,
-    ADAM_EPS,
     FUSED_DEVICES,
     EpochResult,
     TrainResult,
     _evaluate,
-    fused_adam,
     out_of_patience,
     under_matmul_precision,
 )
@@ -72,7 +71,11 @@ class _Stack:
         # Adam/AdamW: the fused kernel computes each member's update into a zeroed buffer at
         # lr 1 (one pass), and the per-member lr is applied in a second; the unfused update
         # took 7 passes with temporaries: 58% of a batch at width 256.
-        self._fused = opt.name != "sgd" and self.params[0].device.type in FUSED_DEVICES
+        self._fused = (
+            _torch_kernels.PRIVATE_KERNELS
+            and opt.name != "sgd"
+            and self.params[0].device.type in FUSED_DEVICES
+        )
         self._update = [torch.zeros_like(p) for p in self.params] if self._fused else []
         self._steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self._update]
 

@@ -17,7 +17,8 @@ from tests.conftest import load
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs): a smoke study's database and its write-ahead log
-    outgrow it within its first few dozen trials. Mounting needs root; .ci/run runs as root and sets REQUIRE_MOUNT."""
+    outgrow it within its first few dozen trials. Mounting needs root; .ci/run runs as root and
+    sets REQUIRE_MOUNT."""
     disk = tmp_path / "disk"
     disk.mkdir()
     why = "mounting a small tmpfs needs root" if os.geteuid() != 0 else ""

@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
+from study import _torch_kernels
 from study import train as train_module
+from study._torch_kernels import FusedOptimizer, MLPStep
 from study.data import load_dataset
 from study.model import build_model, param_groups
 from study.space import load_space
 from study.stacked import train_stacked
 from study.train import (
-    FusedOptimizer,
-    MLPStep,
     make_optimizer,
     matmul_arithmetic,
     to_fast_layout,
@@ -320,3 +320,29 @@ def test_a_runs_time_is_split_into_setup_evaluation_callback_and_steps(
     assert r.setup_seconds > 0 and r.eval_seconds > 0
     assert r.callback_seconds >= sum(inside) / share
     assert r.setup_seconds + r.eval_seconds + r.callback_seconds < r.seconds
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_public_torch_path_trains_as_the_private_kernels_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
+) -> None:
+    """STUDY_PUBLIC_TORCH=1 (PRIVATE_KERNELS False): torch.optim, autograd and the stack's
+    unfused Adam, none of the private kernels; the same curves, alone and stacked."""
+    space = _space(tmp_path, optimizer, "sp")
+    data = load_dataset(space.dataset, space.seed)
+    private = train(space, data, 16, 1e-2, seed=1)
+    private_stack = train_stacked(space, data, 16, [1e-2, 1e-3], [1, 2])
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a private kernel ran")
+
+    monkeypatch.setattr(_torch_kernels, "PRIVATE_KERNELS", False)
+    monkeypatch.setattr(FusedOptimizer, "step", refuse)
+    monkeypatch.setattr(MLPStep, "__call__", refuse)
+    monkeypatch.setattr(_torch_kernels, "fused_adam", refuse)
+    monkeypatch.setattr("study.stacked.fused_adam", refuse)
+    public = train(space, data, 16, 1e-2, seed=1)
+    public_stack = train_stacked(space, data, 16, [1e-2, 1e-3], [1, 2])
+    assert public.curve == pytest.approx(private.curve, rel=1e-4)
+    for a, b in zip(public_stack, private_stack, strict=True):
+        assert a.curve == pytest.approx(b.curve, rel=1e-4)
