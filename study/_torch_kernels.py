@@ -17,7 +17,15 @@ from torch import nn
 
 from study.model import Model
 
-__all__ = ["ADAM_BETAS", "ADAM_EPS", "PRIVATE_KERNELS", "FusedOptimizer", "MLPStep", "fused_adam"]
+__all__ = [
+    "ADAM_BETAS",
+    "ADAM_EPS",
+    "PRIVATE_KERNELS",
+    "FusedOptimizer",
+    "MLPStep",
+    "fused_adam",
+    "fused_adam_updates",
+]
 
 # Whether the private kernels (FusedOptimizer, MLPStep, the stack's fused Adam) are used;
 # STUDY_PUBLIC_TORCH=1 takes torch's public API instead (torch.optim, autograd).
@@ -193,3 +201,16 @@ class MLPStep:
             if i:
                 g = g.mm(lin.weight)
         return loss
+
+
+def fused_adam_updates(
+    updates: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+) -> None:
+    """Adam's update of each tensor at lr 1 into ``updates`` (zeroed first): each then holds
+    minus its step, for the caller to scale by its own lr (a stack's members)."""
+    torch._foreach_zero_(updates)
+    fused_adam(updates, grads, exp_avgs, exp_avg_sqs, steps, lr=1.0)

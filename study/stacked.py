@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from study import _torch_kernels
-from study._torch_kernels import ADAM_BETAS, ADAM_EPS, fused_adam
+from study._torch_kernels import ADAM_BETAS, ADAM_EPS, fused_adam_updates
 from study.data import Dataset
 from study.model import Model, _lr_mult, build_model, count_parameters
 from study.space import Space
@@ -130,14 +130,8 @@ class _Stack:
             elif wd:
                 g = g.add(p, alpha=wd)
             grads.append(g)
-        torch._foreach_zero_(self._update)
-        fused_adam(  # at lr 1 into the zeroed buffers: each holds minus its update
-            self._update,
-            grads,
-            [m for m, _ in self.state],
-            [v for _, v in self.state],
-            self._steps,
-            lr=1.0,
+        fused_adam_updates(  # at lr 1 into the buffers: each holds minus its update
+            self._update, grads, [m for m, _ in self.state], [v for _, v in self.state], self._steps
         )
         for p, u, lr in zip(self.params, self._update, self.lr, strict=True):
             p.addcmul_(u, lr)  # the member's own lr

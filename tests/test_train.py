@@ -340,7 +340,7 @@ def test_the_public_torch_path_trains_as_the_private_kernels_do(
     monkeypatch.setattr(FusedOptimizer, "step", refuse)
     monkeypatch.setattr(MLPStep, "__call__", refuse)
     monkeypatch.setattr(_torch_kernels, "fused_adam", refuse)
-    monkeypatch.setattr("study.stacked.fused_adam", refuse)
+    monkeypatch.setattr("study.stacked.fused_adam_updates", refuse)
     public = train(space, data, 16, 1e-2, seed=1)
     public_stack = train_stacked(space, data, 16, [1e-2, 1e-3], [1, 2])
     assert public.curve == pytest.approx(private.curve, rel=1e-4)
