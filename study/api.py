@@ -53,13 +53,11 @@ from study.storage import (
     DEFAULT_STORAGE,
     count_stored_trials,
     create_or_load_study,
-    dashboard_url,
-    mask_argv,
-    mask_url,
     open_storage,
     stored_space,
 )
 from study.train import matmul_arithmetic
+from study.urls import dashboard_url, mask_argv, mask_url
 
 __all__ = ["DEFAULT_SPACE", "RunResult", "run_study"]
 

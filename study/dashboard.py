@@ -22,13 +22,8 @@ from typing import Any
 import optuna
 
 from study._errors import UserError
-from study.storage import (
-    DEFAULT_STORAGE,
-    MaskingArgumentParser,
-    dashboard_url,
-    mask_url,
-    require_existing,
-)
+from study.storage import DEFAULT_STORAGE
+from study.urls import MaskingArgumentParser, dashboard_url, mask_url, require_existing
 
 __all__ = ["dashboard_command", "main", "save_to_dashboard"]
 

@@ -1,24 +1,38 @@
-"""The Optuna objective: one trial is one training run at a sampled width and learning rate."""
+"""One trial's life: one training run at a sampled width and learning rate, recorded in Optuna.
+
+Suggest (or create from a template), train, report every epoch, record the end: all through
+Optuna's public API. The runner (:mod:`study.runner`) decides which trials run where.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import optuna
 import torch
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from study import _faults
 from study.data import Dataset, load_dataset
 from study.sampling import LR, WIDTH, PerWidthPruner
 from study.space import Space
-from study.storage import TrialEnd, set_user_attrs
 from study.train import EpochResult, TrainResult, train
 
-__all__ = ["Objective", "report", "trial_seed"]
+__all__ = [
+    "Objective",
+    "TrialEnd",
+    "create_trials",
+    "finish_trials",
+    "report",
+    "set_user_attrs",
+    "trial_seed",
+    "trial_template",
+]
 
 
 def trial_seed(space: Space, trial_number: int) -> int:
@@ -159,3 +173,72 @@ def report(trial: optuna.Trial, epoch: int, value: float, lost: set[int]) -> boo
         return False
     _faults.at_epoch(trial.number, epoch)  # tests only: see study._faults
     return True
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set several user attributes of a running trial (Optuna's ``set_user_attr``, each)."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """How a running trial ends: COMPLETE with ``value``, or PRUNED (its value is then its last
+    reported one, as Optuna's ``tell`` gives it), with the user attrs stored alongside."""
+
+    trial: optuna.Trial
+    state: TrialState
+    value: float | None
+    user_attrs: dict[str, Any]
+
+
+def finish_trials(study: optuna.Study, ends: Sequence[TrialEnd]) -> set[int]:
+    """Store how running trials end: each one's user attrs, then its state and value
+    (``study.tell``). A reader never sees a finished trial without its attrs: they are written
+    while it still runs.
+
+    Returns:
+        The ids of the trials found finished meanwhile (failed by another process whose stale
+        check saw their heartbeat late; their retry runs in their place): left as they are.
+    """
+    lost: set[int] = set()
+    for e in ends:
+        try:
+            set_user_attrs(e.trial, e.user_attrs)
+            study.tell(e.trial, e.value if e.state == TrialState.COMPLETE else None, state=e.state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            # Optuna raises these for a trial finished meanwhile; anything else goes on up.
+            if not study._storage.get_trial(e.trial._trial_id).state.is_finished():
+                raise
+            lost.add(e.trial._trial_id)
+    return lost
+
+
+def trial_template(
+    params: dict[str, Any],
+    distributions: dict[str, BaseDistribution],
+    system_attrs: dict[str, Any],
+    number: int = -1,
+) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial to be created (:func:`create_trials`), started now. Its id, and its number
+    (``number`` is the one it is expected to get), are given when it is created."""
+    return optuna.trial.FrozenTrial(
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params=params,
+        distributions=distributions,
+        user_attrs={},
+        system_attrs=system_attrs,
+        intermediate_values={},
+        trial_id=-1,
+    )
+
+
+def create_trials(study: optuna.Study, templates: Sequence[optuna.trial.FrozenTrial]) -> list[int]:
+    """Create RUNNING trials from ``templates`` (their params, distributions and system attrs),
+    each in one call of Optuna's ``create_new_trial``; their ids."""
+    storage, study_id = study._storage, study._study_id
+    return [storage.create_new_trial(study_id, template_trial=t) for t in templates]

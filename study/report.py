@@ -37,14 +37,8 @@ from optuna.trial import FrozenTrial, TrialState
 from study._errors import UserError
 from study.analysis import Fit, Point, analyze, headline, points_from_trials
 from study.sampling import LR, WIDTH
-from study.storage import (
-    DEFAULT_STORAGE,
-    MaskingArgumentParser,
-    mask_text,
-    mask_url,
-    open_storage,
-    require_existing,
-)
+from study.storage import DEFAULT_STORAGE, open_storage
+from study.urls import MaskingArgumentParser, mask_text, mask_url, require_existing
 
 __all__ = [
     "PendingImportances",

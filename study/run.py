@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from study._errors import UserError
 from study.api import DEFAULT_SPACE, run_study
 from study.builders import CPU_STACK_MAX_WIDTH, MAX_DEFAULT_WORKERS
-from study.storage import DEFAULT_STORAGE, MaskingArgumentParser
+from study.storage import DEFAULT_STORAGE
+from study.urls import MaskingArgumentParser
 
 __all__ = ["cli", "main"]
 

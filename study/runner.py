@@ -49,18 +49,18 @@ from study.builders import (
     resolve_device,
     run_seed,
 )
-from study.objective import Objective, trial_seed
+from study.objective import (
+    Objective,
+    TrialEnd,
+    create_trials,
+    finish_trials,
+    trial_seed,
+    trial_template,
+)
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
 from study.space import space_from_dict
 from study.stacked import can_stack, train_stacked
-from study.storage import (
-    TrialEnd,
-    count_stored_trials,
-    create_trials,
-    finish_trials,
-    open_storage,
-    trial_template,
-)
+from study.storage import count_stored_trials, open_storage
 from study.train import TrainResult, train
 
 __all__ = [

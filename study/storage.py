@@ -1,4 +1,5 @@
-"""Where trials live: storage URLs, a tuned SQLite, and creating or resuming a study safely.
+"""Where trials live: opening a storage (a tuned SQLite, or a server), and creating or resuming
+a study safely.
 
 Everything a user can get wrong (a URL that does not parse, a missing folder, a file that is not a
 database, a database of another tool or of a newer Optuna, a study name that holds another space)
@@ -7,47 +8,28 @@ is checked *before* anything is written, and reported as one line (:class:`UserE
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
-from urllib.parse import unquote, unquote_plus
+from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
 
 from study._errors import UserError
 from study.space import Space, space_diff
+from study.urls import mask_secrets, mask_url, sqlite_path
 
 __all__ = [
     "DEFAULT_STORAGE",
-    "TrialEnd",
     "create_or_load_study",
     "count_stored_trials",
-    "create_trials",
-    "dashboard_url",
-    "finish_trials",
-    "MaskingArgumentParser",
-    "mask_argv",
-    "mask_secrets",
-    "mask_text",
-    "mask_url",
     "open_storage",
-    "require_existing",
-    "set_user_attrs",
-    "sqlite_path",
     "stored_space",
-    "trial_template",
     "use_wal",
 ]
 
@@ -55,120 +37,6 @@ DEFAULT_STORAGE = "sqlite:///studies.db"
 # SQLite waits this long for a lock held by another process before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 60.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-# A query parameter whose key (percent-decoded, any case) holds one of these is a secret; so is
-# one whose decoded value holds "KEY=" or "KEY:" with such a key (a whole DSN in one parameter).
-_SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
-_SECRET_PAIR = re.compile(r"(?:pass|pwd|secret|token)[^=:&;\s]*\s*[=:]", re.IGNORECASE)
-# scheme://user:PASSWORD@ (the colon may be written %3A, the // left out). The password runs to
-# the *last* "@": an unescaped "@", "/" or "?" in it makes SQLAlchemy send part of it as the host.
-_USERINFO = re.compile(
-    r"^(?P<head>[^:/?#@\s]*:(?://)?(?:[^:/?#@%]|%(?!3[aA]))*(?::|%3[aA]))(?P<password>.*)@",
-    re.DOTALL,
-)
-_PARAM_SEPARATORS = re.compile(r"([&;\s]+)")
-
-
-def _url_pieces(url: str) -> list[tuple[str, bool]]:
-    """``url`` cut into pieces that join back to it, each marked True where it is a secret."""
-    pieces: list[tuple[str, bool]] = []
-    pos = 0
-    if m := _USERINFO.match(url):
-        pieces += [(m["head"], False), (m["password"], True)]
-        pos = m.end("password")
-    q = url.find("?", pos)
-    if "://" not in url:  # not a URL: key=value pairs (a DSN), if anything
-        params_at = pos
-    else:
-        params_at = len(url) if q < 0 else q + 1
-    pieces.append((url[pos:params_at], False))
-    for part in _PARAM_SEPARATORS.split(url[params_at:]):
-        key, eq, value = part.partition("=")
-        if eq and (
-            _SECRET_KEY.search(unquote_plus(key)) or _SECRET_PAIR.search(unquote_plus(value))
-        ):
-            pieces += [(key + eq, False), (value, True)]
-        else:
-            pieces.append((part, False))
-    return pieces
-
-
-def mask_url(url: str) -> str:
-    """The URL with every secret in it replaced by ``***``: safe to print or store.
-
-    Masks the password of ``user:password@`` (the colon may be written ``%3A``) and the value of
-    every query parameter whose key, percent-decoded and in any case, holds ``pass``, ``pwd``,
-    ``secret`` or ``token`` (``password=``, ``sslpassword=``, ``%70asswd=``, ...), or whose
-    decoded value holds such a ``key=``. Needs no parse: a URL SQLAlchemy refuses is masked too,
-    and so is ``--storage=URL`` whole (the flag is kept). Text without ``://`` is read as
-    ``key=value`` pairs. Everything else is kept as written.
-    """
-    return "".join("***" if secret else piece for piece, secret in _url_pieces(url))
-
-
-def mask_argv(argv: Sequence[str]) -> list[str]:
-    """Command-line arguments with every secret masked (:func:`mask_url` of each): however the
-    flag before a URL is spelled (``--storage URL``, ``--storage=URL``, ``--stor=URL``,
-    ``--compare-storage URL``)."""
-    return [mask_url(a) for a in argv]
-
-
-def mask_text(text: str) -> str:
-    """Free text (a stored command line, an argparse message) with the secrets of every URL in
-    it masked: :func:`mask_url` of each whitespace-separated word."""
-    return "".join(mask_url(word) for word in re.split(r"(\s+)", text))
-
-
-def mask_secrets(text: str, url: str) -> str:
-    """``text`` (a driver's error message) with each secret of ``url`` replaced by ``***``, as
-    written in the URL and percent-decoded, and the secrets of any URL in it masked."""
-    secrets = {piece for piece, secret in _url_pieces(url) if secret and piece}
-    forms = {f for s in secrets for f in (s, unquote(s), unquote_plus(s)) if f}
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, "***")
-    return mask_text(text)
-
-
-class MaskingArgumentParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose error messages mask URLs: argparse echoes a mistyped or
-    ambiguous ``--st=URL`` whole ("ambiguous option: --st=postgresql://u:pw@...")."""
-
-    def error(self, message: str) -> NoReturn:
-        super().error(mask_text(message))
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL; None for other backends or in-memory SQLite."""
-    u = sqlalchemy.engine.make_url(url)
-    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
-        return None
-    return Path(u.database)
-
-
-def require_existing(url: str) -> Path | None:
-    """For readers (report, dashboard): the URL parses and a SQLite file already exists.
-
-    Returns:
-        The SQLite file, or None for other backends.
-
-    Raises:
-        UserError: the URL does not parse, or its SQLite file is missing (a reader must not
-            create an empty database).
-    """
-    try:
-        path = sqlite_path(url)
-    except Exception:
-        raise UserError(f"storage URL {mask_url(url)!r} does not parse") from None
-    if path is not None and not path.is_file():
-        raise UserError(f"storage {mask_url(url)}: no such database file {path}")
-    return path
-
-
-def dashboard_url(url: str) -> str:
-    """The URL to give ``optuna-dashboard``: absolute for SQLite, masked for servers."""
-    path = sqlite_path(url)
-    return f"sqlite:///{path.resolve()}" if path is not None else mask_url(url)
 
 
 def _optuna_schema() -> tuple[str, set[str]]:
@@ -343,75 +211,6 @@ def open_storage(url: str, heartbeat_s: int | None = 10, validated: bool = False
             first = mask_secrets(str(e).splitlines()[0], url)
             raise UserError(f"storage {shown}: {first}") from None
     raise AssertionError("unreachable")
-
-
-def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Set several user attributes of a running trial (Optuna's ``set_user_attr``, each)."""
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-
-
-@dataclass(frozen=True)
-class TrialEnd:
-    """How a running trial ends: COMPLETE with ``value``, or PRUNED (its value is then its last
-    reported one, as Optuna's ``tell`` gives it), with the user attrs stored alongside."""
-
-    trial: optuna.Trial
-    state: TrialState
-    value: float | None
-    user_attrs: dict[str, Any]
-
-
-def finish_trials(study: optuna.Study, ends: Sequence[TrialEnd]) -> set[int]:
-    """Store how running trials end: each one's user attrs, then its state and value
-    (``study.tell``). A reader never sees a finished trial without its attrs: they are written
-    while it still runs.
-
-    Returns:
-        The ids of the trials found finished meanwhile (failed by another process whose stale
-        check saw their heartbeat late; their retry runs in their place): left as they are.
-    """
-    lost: set[int] = set()
-    for e in ends:
-        try:
-            set_user_attrs(e.trial, e.user_attrs)
-            study.tell(e.trial, e.value if e.state == TrialState.COMPLETE else None, state=e.state)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-            # Optuna raises these for a trial finished meanwhile; anything else goes on up.
-            if not study._storage.get_trial(e.trial._trial_id).state.is_finished():
-                raise
-            lost.add(e.trial._trial_id)
-    return lost
-
-
-def trial_template(
-    params: dict[str, Any],
-    distributions: dict[str, BaseDistribution],
-    system_attrs: dict[str, Any],
-    number: int = -1,
-) -> optuna.trial.FrozenTrial:
-    """A RUNNING trial to be created (:func:`create_trials`), started now. Its id, and its number
-    (``number`` is the one it is expected to get), are given when it is created."""
-    return optuna.trial.FrozenTrial(
-        number=number,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params=params,
-        distributions=distributions,
-        user_attrs={},
-        system_attrs=system_attrs,
-        intermediate_values={},
-        trial_id=-1,
-    )
-
-
-def create_trials(study: optuna.Study, templates: Sequence[optuna.trial.FrozenTrial]) -> list[int]:
-    """Create RUNNING trials from ``templates`` (their params, distributions and system attrs),
-    each in one call of Optuna's ``create_new_trial``; their ids."""
-    storage, study_id = study._storage, study._study_id
-    return [storage.create_new_trial(study_id, template_trial=t) for t in templates]
 
 
 # How long a run waits for the space of a study found without one (and without trials): a

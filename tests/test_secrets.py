@@ -17,14 +17,8 @@ from study import dashboard, report
 from study._errors import UserError
 from study.run import _parser as run_parser
 from study.run import main as run_main
-from study.storage import (
-    mask_argv,
-    mask_secrets,
-    mask_text,
-    mask_url,
-    open_storage,
-    require_existing,
-)
+from study.storage import open_storage
+from study.urls import mask_argv, mask_secrets, mask_text, mask_url, require_existing
 from tests.conftest import load, postgres_url
 
 SECRET = "S3cret"

@@ -12,15 +12,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.objective import report
+from study.objective import TrialEnd, finish_trials, report, set_user_attrs
 from study.run import main
-from study.storage import (
-    TrialEnd,
-    finish_trials,
-    mask_url,
-    open_storage,
-    set_user_attrs,
-)
+from study.storage import open_storage
+from study.urls import mask_url
 from tests.conftest import db_digest, postgres_url
 
 
@@ -281,7 +276,7 @@ def test_processes_creating_a_fresh_sqlite_file_at_once_all_open_it(workdir: Pat
 def _templates(k: int, worker: str) -> list[optuna.trial.FrozenTrial]:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from study.storage import trial_template
+    from study.objective import trial_template
 
     dists = {"width": CategoricalDistribution([32, 64]), "lr": FloatDistribution(1e-5, 1, log=True)}
     return [
@@ -296,7 +291,7 @@ def test_trials_created_from_templates_are_running_with_their_params_and_attrs(
 ) -> None:
     """create_trials (a stack's trials) stores each trial as Optuna's create_new_trial does
     (number, state, start, params and their distributions, system attrs)."""
-    from study.storage import create_trials
+    from study.objective import create_trials
 
     url = {"sqlite": "sqlite:///create.db", "postgresql": None, "memory": None}[backend]
     if backend == "postgresql":
@@ -336,7 +331,7 @@ def _create_at_once(
 ) -> None:
     import os
 
-    from study.storage import create_trials
+    from study.objective import create_trials
 
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_s=None))
