@@ -39,15 +39,7 @@ from study.builders import (
 from study.cost import check_memory
 from study.objective import Objective
 from study.report import StudyReport, default_report_dir, make_report
-from study.runner import (
-    WorkerConfig,
-    fail_stale,
-    quiet_sqlalchemy_log,
-    quiet_storage_full_threads,
-    run_trials,
-    run_workers,
-    start_method,
-)
+from study.runner import fail_stale, run_trials
 from study.space import Space, load_space, space_diff, space_from_dict, space_source
 from study.storage import (
     DEFAULT_STORAGE,
@@ -58,6 +50,13 @@ from study.storage import (
 )
 from study.train import matmul_arithmetic
 from study.urls import dashboard_url, mask_argv, mask_url
+from study.workers import (
+    WorkerConfig,
+    quiet_sqlalchemy_log,
+    quiet_storage_full_threads,
+    run_workers,
+    start_method,
+)
 
 __all__ = ["DEFAULT_SPACE", "RunResult", "run_study"]
 

@@ -1,4 +1,4 @@
-"""Running trials to an exact total, in one process or in several workers.
+"""Running trials to an exact total, in this process (:mod:`study.workers` starts others).
 
 A study's *slots* are its first ``target`` trials that have not failed (ordered by number).
 A trial runs only if it holds a slot; a trial created beyond them (two workers asked at the same
@@ -13,10 +13,7 @@ outright leaves a trial that any other process fails and retries after the grace
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import socket
@@ -25,16 +22,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
-from study import _faults
 from study._console import Progress, count_trials
-from study._errors import STORAGE_FULL_STATUS, StorageFull, is_storage_full
 from study._optuna_fixes import (
     claim_stale_trial,
     claim_waiting_trial,
@@ -44,10 +37,6 @@ from study._optuna_fixes import (
 )
 from study.builders import (
     CPU_STACK_MAX_WIDTH,
-    build_pruner,
-    build_sampler,
-    resolve_device,
-    run_seed,
 )
 from study.objective import (
     Objective,
@@ -58,20 +47,10 @@ from study.objective import (
     trial_template,
 )
 from study.sampling import LR, WIDTH, WidthStratifiedSampler
-from study.space import space_from_dict
 from study.stacked import can_stack, train_stacked
-from study.storage import count_stored_trials, open_storage
 from study.train import TrainResult, train
 
-__all__ = [
-    "WorkerConfig",
-    "fail_stale",
-    "quiet_sqlalchemy_log",
-    "quiet_storage_full_threads",
-    "run_trials",
-    "run_workers",
-    "start_method",
-]
+__all__ = ["Deferred", "SURPLUS", "WORKER", "fail_stale", "run_trials"]
 
 
 # How often a process that waits on other processes' trials looks at the storage again (one
@@ -123,7 +102,7 @@ def fail_stale(study: optuna.Study) -> None:
             callback(study, storage.get_trial(trial_id))
 
 
-class _Deferred:
+class Deferred:
     """Hold Ctrl-C back while the storage is written, then deliver it (main thread only).
 
     A KeyboardInterrupt between creating a trial and recording its end would leave the trial
@@ -134,7 +113,7 @@ class _Deferred:
         self.hit = False
         self._previous: Any = None
 
-    def __enter__(self) -> _Deferred:
+    def __enter__(self) -> Deferred:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
@@ -180,7 +159,7 @@ def _ask(study: optuna.Study) -> optuna.Trial:
 
 def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
     """Ask for a trial and record its first heartbeat; None when it got no slot (surplus)."""
-    with _Deferred() as held:
+    with Deferred() as held:
         trial = _ask(study)
         if heartbeat_enabled(study._storage):
             study._storage.record_heartbeat(trial._trial_id)  # stale from now on if we die
@@ -190,7 +169,7 @@ def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
         if surplus:
             _surplus(study, trial)
     if held.hit and not surplus:  # Ctrl-C came while the trial was being created
-        with _Deferred():
+        with Deferred():
             study.tell(trial, state=TrialState.FAIL)
     held.deliver()
     return None if surplus else trial
@@ -200,7 +179,7 @@ def _tell(study: optuna.Study, ends: list[TrialEnd], lost: set[int]) -> list[Tri
     """Tell the trials' ends (:func:`~study.storage.finish_trials`); ``lost`` gains the ids of
     those another process failed meanwhile.
 
-    Call it inside ``_Deferred``: an interrupt between two writes would leave a trial RUNNING.
+    Call it inside ``Deferred``: an interrupt between two writes would leave a trial RUNNING.
 
     Returns:
         Each trial's state; None for one that was lost: another process failed it meanwhile
@@ -220,7 +199,7 @@ def _tell(study: optuna.Study, ends: list[TrialEnd], lost: set[int]) -> list[Tri
 
 def _fail_all(study: optuna.Study, trials: list[optuna.Trial]) -> None:
     """Fail every trial not finished yet (what it reported is stored already)."""
-    with _Deferred():  # a second Ctrl-C must not leave a trial RUNNING
+    with Deferred():  # a second Ctrl-C must not leave a trial RUNNING
         for trial in trials:
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
@@ -251,7 +230,7 @@ def _train_and_tell(
     except BaseException:
         _fail_all(study, [trial])
         raise
-    with _Deferred() as held:
+    with Deferred() as held:
         (state,) = _tell(study, [objective.end(trial, r)], lost)
     held.deliver()
     return state
@@ -299,7 +278,7 @@ def run_new_trials(
     lost: set[int] = set()
     with contextlib.ExitStack() as beats:
         try:
-            with _Deferred() as interrupted:  # every trial created gets its heartbeat
+            with Deferred() as interrupted:  # every trial created gets its heartbeat
                 for trial_id in create_trials(study, new):
                     members.append(optuna.Trial(study, trial_id))
                     beats.enter_context(heartbeat(study._storage, trial_id))
@@ -319,7 +298,7 @@ def run_new_trials(
             raise
         extra = {"stacked": len(members)} if len(members) > 1 else None
         ends = [objective.end(t, r, extra) for t, r in zip(members, results, strict=True)]
-        with _Deferred() as interrupted:  # every trial is told, even if Ctrl-C comes meanwhile
+        with Deferred() as interrupted:  # every trial is told, even if Ctrl-C comes meanwhile
             _tell(study, ends, lost)
         interrupted.deliver()
     return len(members)
@@ -383,218 +362,3 @@ def run_trials(
         width = sampler.next_width_of(trials)
         k = _stack_size(objective, width, stack, stack_max_width)
         run_new_trials(study, objective, target, trials, width, k)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What a worker process needs to join the study (all picklable)."""
-
-    space: dict[str, Any]  # the run's space, Space.to_dict() (the study's own or a file's)
-    storage: str
-    study_name: str
-    target: int
-    device: str
-    threads: int
-    heartbeat_s: int
-    worker: int  # 0..N-1: makes each worker's sampler seed differ
-    stack: int = 1
-    stack_max_width: int = CPU_STACK_MAX_WIDTH
-
-
-def quiet_sqlalchemy_log() -> None:
-    """No traceback on the terminal from SQLAlchemy's log when Ctrl-C lands in a query.
-
-    SQLAlchemy logs "Error closing cursor" with a traceback as it cleans up after the
-    KeyboardInterrupt; with no handler, Python prints it. The interrupt itself is handled (the
-    trial is failed, the run says how to resume); errors still raise as exceptions.
-    """
-    import logging
-
-    logger = logging.getLogger("sqlalchemy")
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-
-
-def quiet_storage_full_threads() -> None:
-    """No traceback from the heartbeat threads when the storage is full.
-
-    Each running trial's heartbeat thread dies on its next write to a full disk, and Python
-    prints its traceback: 16 trials printed 630 lines. The main thread meets the same error and
-    says it in one line; the trials stay RUNNING, and the next run fails and retries them as it
-    does a killed run's. Other errors in threads are printed as before.
-    """
-    if getattr(threading.excepthook, "quiet_storage_full", False):
-        return
-    default = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if args.exc_value is None or not is_storage_full(args.exc_value):
-            default(args)
-
-    hook.quiet_storage_full = True  # type: ignore[attr-defined]
-    threading.excepthook = hook
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when its parent dies (a SIGKILL of the run)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the worker finishes its trial and sees
-        pass  # that its parent is gone at the next loop
-
-
-def _worker_main(cfg: WorkerConfig, parent_pid: int) -> None:
-    """One worker process: its own storage connection, sampler and objective."""
-    _die_with_parent()
-    _faults.set_worker()
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        return
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    quiet_sqlalchemy_log()
-    quiet_storage_full_threads()
-    try:
-        _work(cfg, parent_pid)
-    except Exception as e:
-        if not is_storage_full(e):
-            raise
-        sys.exit(STORAGE_FULL_STATUS)  # the run says it, once
-    finally:
-        # Python's last garbage collection walks torch's objects: 0.4 s of the run's wait for
-        # this worker. Frozen objects are skipped; the storage was closed before.
-        gc.freeze()
-
-
-def _work(cfg: WorkerConfig, parent_pid: int) -> None:
-    space = space_from_dict(cfg.space)
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads)
-    storage = open_storage(cfg.storage, heartbeat_s=cfg.heartbeat_s, validated=True)
-    n_existing = count_stored_trials(storage, storage.get_study_id_from_name(cfg.study_name))
-    study = optuna.load_study(
-        study_name=cfg.study_name,
-        storage=storage,
-        sampler=build_sampler(space, run_seed(space, n_existing, cfg.worker)),
-        pruner=build_pruner(space),
-    )
-    try:
-        run_trials(
-            study,
-            Objective(space, device),
-            cfg.target,
-            stop=lambda: os.getppid() != parent_pid,
-            stack=cfg.stack,
-            stack_max_width=cfg.stack_max_width,
-        )
-    except KeyboardInterrupt:
-        sys.exit(130)
-    finally:
-        storage.engine.dispose()
-
-
-def start_method(device: Any) -> str:
-    """How worker processes start: ``fork`` on Linux for a CPU study, else ``spawn``.
-
-    A spawned worker imports torch and the tool again: 2.2-3 s of a core before its first
-    trial, against 0.1 s forked. The run forks before any trial: no thread of the tool's runs
-    yet (no heartbeat, no torch thread pool; torch's import leaves one idle thread of its own,
-    as when a DataLoader forks its workers), and the worker opens its own storage; the parent's
-    connections stay referenced (never closed) in the child, which ends with ``os._exit``.
-    CUDA cannot be forked, nor is fork safe on macOS: those spawn.
-    """
-    if getattr(device, "type", device) == "cpu" and sys.platform.startswith("linux"):
-        return "fork"
-    return "spawn"
-
-
-def run_workers(
-    configs: list[WorkerConfig],
-    study: optuna.Study,
-    progress: Progress,
-    say: Callable[..., Any],
-    objective: Objective | None = None,
-    method: str = "spawn",
-) -> int:
-    """Run the study in one process per config, wait for all of them.
-
-    With ``objective``, this process is the first worker (``study`` must carry that worker's
-    sampler): it trains instead of waiting, and a process start is saved. Otherwise it only
-    shows progress. ``method`` is the multiprocessing start method (see :func:`start_method`).
-
-    Returns:
-        0 when every worker ended cleanly, 130 after Ctrl-C (every worker is stopped), 1 when a
-        worker failed (a worker killed by a signal is reported; the others go on).
-    """
-    ctx = multiprocessing.get_context(method)
-    spawned = configs[1:] if objective is not None else configs
-    procs = [
-        ctx.Process(target=_worker_main, args=(c, os.getpid()), name=f"worker-{c.worker}")
-        for c in spawned
-    ]
-    for p in procs:
-        p.start()
-    pids = f"(pid{'s' if len(procs) > 1 else ''} {', '.join(str(p.pid) for p in procs)})"
-    if objective is not None:  # e.g. "2 processes: this one (918) and 1 started (pid 922)"
-        here = f"this one ({os.getpid()}) and {len(procs)}"
-        say(f"workers:   {len(configs)} processes: {here} started {pids}")
-    else:
-        say(f"workers:   {len(configs)} processes started {pids}")
-    reported: set[int] = set()
-    status = 0
-
-    def check() -> bool:
-        nonlocal status
-        for i, p in enumerate(procs):
-            if not p.is_alive() and i not in reported and p.exitcode not in (0, None):
-                if p.exitcode == STORAGE_FULL_STATUS:
-                    raise StorageFull(f"worker {spawned[i].worker} found the storage full")
-                reported.add(i)
-                how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"status {p.exitcode}"
-                who = f"worker {spawned[i].worker} (pid {p.pid})"
-                say(f"\n{who} ended with {how}; the others go on")
-                status = 1
-        return False
-
-    try:
-        if objective is not None:
-            cfg = configs[0]
-            run_trials(
-                study,
-                objective,
-                cfg.target,
-                progress,
-                stop=check,
-                stack=cfg.stack,
-                stack_max_width=cfg.stack_max_width,
-            )
-        while any(p.is_alive() for p in procs):
-            progress.update(count_trials(study.get_trials(deepcopy=False)))
-            check()
-            # Wake as soon as a worker ends, not at the next tick.
-            multiprocessing.connection.wait([p.sentinel for p in procs], timeout=PROGRESS_S)
-        check()
-    except KeyboardInterrupt:
-        # Ctrl-C in a terminal reaches every worker too: give them time to fail their trial
-        # and exit, then interrupt (and at last terminate) any that did not get it.
-        with _Deferred():  # a second Ctrl-C must not abandon the workers
-            for p in procs:
-                p.join(timeout=10)
-            for p in procs:
-                if p.is_alive():
-                    os.kill(p.pid, signal.SIGINT)
-                    p.join(timeout=30)
-                if p.is_alive():
-                    p.terminate()
-                    p.join()
-        return 130
-    except BaseException:
-        for p in procs:  # this process failed: the workers must not outlive it
-            p.terminate()
-            p.join()
-        raise
-    for p in procs:
-        p.join()
-    return status
