@@ -16,7 +16,7 @@ import optuna_dashboard
 import pytest
 from optuna_dashboard._custom_plot_data import SYSTEM_ATTR_PLOT_DATA
 
-from study import report
+from study import importances, report
 from study.run import main as run_main
 from tests.conftest import db_digest, free_port, load, wait_until
 
@@ -412,7 +412,7 @@ def test_importances_are_computed_here_when_the_second_process_dies(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study = load(URL, "smoke")
-    monkeypatch.setattr(report, "_importances_child", lambda *args: os._exit(3))
+    monkeypatch.setattr(importances, "_importances_child", lambda *args: os._exit(3))
     pending = report.PendingImportances(study)
     proc = pending._proc
     assert proc is not None
