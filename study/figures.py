@@ -1,6 +1,7 @@
-"""The figures a researcher expects, as PNG (matplotlib) and as interactive plotly figures.
+"""The figures a researcher expects, as PNG files (matplotlib); :mod:`study.figures_plotly`
+draws the interactive ones.
 
-Both renderings draw from the same inputs: the finished trials as :class:`~study.analysis.Point`
+Both draw from the same inputs: the finished trials as :class:`~study.analysis.Point`
 and the :class:`~study.analysis.Fit`. Diverged trials are red crosses at the top of the loss axis;
 pruned trials are hollow markers; the lr range is drawn as dashed lines.
 """
@@ -18,32 +19,23 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
-from plotly.subplots import make_subplots  # noqa: E402
 
 from study.analysis import Fit, Point  # noqa: E402
 
-__all__ = [
-    "Panel",
-    "plotly_importances",
-    "plotly_loss_vs_lr",
-    "plotly_lr_star",
-    "save_png_figures",
-]
+__all__ = ["Panel", "binned_min", "colors_of", "save_png_figures"]
 
 # (label, points, fit, lr range): one study's worth of what the figures draw.
 Panel = tuple[str, list[Point], Fit, tuple[float, float]]
 
 
-def _colors(widths: Sequence[int]) -> dict[int, str]:
+def colors_of(widths: Sequence[int]) -> dict[int, str]:
     cmap = plt.get_cmap("viridis")
     n = max(len(widths) - 1, 1)
     return {w: matplotlib.colors.to_hex(cmap(0.9 * i / n)) for i, w in enumerate(widths)}
 
 
-def _binned_min(points: list[Point], bin_log2: float = 1.0) -> tuple[list[float], list[float]]:
+def binned_min(points: list[Point], bin_log2: float = 1.0) -> tuple[list[float], list[float]]:
     """The lower envelope of (lr, loss): the best loss in each bin of ``bin_log2`` in lr."""
     best: dict[int, Point] = {}
     for p in points:
@@ -57,7 +49,7 @@ def _binned_min(points: list[Point], bin_log2: float = 1.0) -> tuple[list[float]
 def _loss_vs_lr(ax: Axes, panel: Panel) -> None:
     label, points, fit, (low, high) = panel
     widths = [e.width for e in fit.widths]
-    colors = _colors(widths)
+    colors = colors_of(widths)
     for est in fit.widths:
         c = colors[est.width]
         comp = [p for p in points if p.width == est.width and p.state == "complete"]
@@ -74,7 +66,7 @@ def _loss_vs_lr(ax: Axes, panel: Panel) -> None:
             linewidths=0.7,
         )
         if comp:
-            ax.plot(*_binned_min(comp), color=c, lw=1.4, label=f"width {est.width}")
+            ax.plot(*binned_min(comp), color=c, lw=1.4, label=f"width {est.width}")
         if est.lr_star is not None:
             ax.errorbar(
                 [est.lr_star],
@@ -181,7 +173,7 @@ def _isolation(ax: Axes, panels: Sequence[Panel]) -> None:
 
 
 def _curves(ax: Axes, curves: dict[int, list[float]], widths: Sequence[int]) -> None:
-    colors = _colors(widths)
+    colors = colors_of(widths)
     for w in widths:
         if w in curves:
             ax.plot(range(1, len(curves[w]) + 1), curves[w], color=colors[w], label=f"width {w}")
@@ -266,193 +258,3 @@ def save_png_figures(
         plt.close(fig)
         written.append(out / name)
     return written
-
-
-def plotly_importances(importances: dict[str, float], study: optuna.Study) -> go.Figure:
-    """Optuna's ``plot_param_importances`` figure of ``study``, drawn from ``importances``
-    (``optuna.importance.get_param_importances``' result) computed elsewhere: calling it here
-    would import scikit-learn (optuna.importance does) and compute them again."""
-    items = list(reversed(importances.items()))
-    kinds = {}
-    for t in study.get_trials(deepcopy=False):
-        for name, dist in t.distributions.items():
-            kinds.setdefault(name, type(dist).__name__)
-    names = study.metric_names
-    bar = go.Bar(
-        x=[v for _, v in items],
-        y=[p for p, _ in items],
-        name=names[0] if names is not None else "Objective Value",
-        text=[f"{v:.2f}" if v >= 0.01 else "<0.01" for _, v in items],
-        textposition="outside",
-        cliponaxis=False,
-        hovertemplate=[f"{p} ({kinds[p]}): {v}<extra></extra>" for p, v in items],
-        orientation="h",
-    )
-    layout = go.Layout(
-        title="Hyperparameter Importances",
-        xaxis={"title": "Hyperparameter Importance"},
-        yaxis={"title": "Hyperparameter"},
-    )
-    return go.Figure([bar], layout)
-
-
-def plotly_lr_star(panels: Sequence[Panel]) -> go.Figure:
-    """lr* vs width on log-log axes with the fit and its band (saved into the dashboard too)."""
-    fig = go.Figure()
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"]
-    for i, (label, _, fit, _) in enumerate(panels):
-        c = palette[i % 4]
-        used = [e for e in fit.widths if e.lr_star is not None]
-        fig.add_trace(
-            go.Scatter(
-                x=[e.width for e in used],
-                y=[e.lr_star for e in used],
-                mode="markers",
-                name=f"{label} lr*",
-                marker=dict(
-                    color=c, size=9, symbol=["circle-open" if e.at_edge else "circle" for e in used]
-                ),
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=[e.lr_errors()[1] for e in used],
-                    arrayminus=[e.lr_errors()[0] for e in used],
-                ),
-                hovertemplate="width %{x}<br>lr* %{y:.3g}<extra></extra>",
-            )
-        )
-        if fit.alpha is not None:
-            w = fit.used_widths
-            fig.add_trace(
-                go.Scatter(
-                    x=w + w[::-1],
-                    y=[b[1] for b in fit.band] + [b[0] for b in fit.band][::-1],
-                    fill="toself",
-                    fillcolor=c,
-                    opacity=0.15,
-                    line=dict(width=0),
-                    showlegend=False,
-                    hoverinfo="skip",
-                )
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=w,
-                    y=[2.0**fit.intercept_log2 * x ** (-fit.alpha) for x in w],
-                    mode="lines",
-                    line=dict(color=c),
-                    name=f"{label}: α = {fit.alpha:.2f} "
-                    f"[{fit.alpha_low:.2f}, {fit.alpha_high:.2f}]",
-                )
-            )
-    fig.update_xaxes(type="log", title="width")
-    fig.update_yaxes(type="log", title="optimal learning rate lr*")
-    fig.update_layout(
-        title="lr* vs width (lr* ∝ width^-α, 95% bootstrap band)", template="plotly_white"
-    )
-    return fig
-
-
-def plotly_loss_vs_lr(panels: Sequence[Panel]) -> go.Figure:
-    """Validation loss vs lr, one curve per width, one panel per study; diverged as red ✕."""
-    fig = make_subplots(
-        rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], shared_yaxes=True
-    )
-    for col, (_, points, fit, (low, high)) in enumerate(panels, start=1):
-        colors = _colors([e.width for e in fit.widths])
-        for est in fit.widths:
-            c = colors[est.width]
-            mine = [p for p in points if p.width == est.width]
-            comp = [p for p in mine if p.state == "complete"]
-            pruned = [p for p in mine if p.state == "pruned" and math.isfinite(p.value)]
-            group = f"w{est.width}"
-            show = col == 1
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.lr for p in comp],
-                    y=[p.value for p in comp],
-                    mode="markers",
-                    marker=dict(color=c, size=5, opacity=0.6),
-                    legendgroup=group,
-                    showlegend=False,
-                    text=[f"trial {p.number}" for p in comp],
-                    hovertemplate="%{text}<br>lr %{x:.3g}<br>loss %{y:.4f}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.lr for p in pruned],
-                    y=[p.value for p in pruned],
-                    mode="markers",
-                    marker=dict(color=c, size=6, symbol="circle-open"),
-                    legendgroup=group,
-                    showlegend=False,
-                    hovertemplate="pruned<br>lr %{x:.3g}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-            if comp:
-                bx, by = _binned_min(comp)
-                fig.add_trace(
-                    go.Scatter(
-                        x=bx,
-                        y=by,
-                        mode="lines",
-                        line=dict(color=c),
-                        name=f"width {est.width}",
-                        legendgroup=group,
-                        showlegend=show,
-                    ),
-                    row=1,
-                    col=col,
-                )
-            if est.lr_star is not None:
-                fig.add_trace(
-                    go.Scatter(
-                        x=[est.lr_star],
-                        y=[est.best_value],
-                        mode="markers",
-                        legendgroup=group,
-                        marker=dict(symbol="star", size=14, color=c, line=dict(width=1)),
-                        showlegend=False,
-                        error_x=dict(
-                            type="data",
-                            symmetric=False,
-                            array=[est.lr_errors()[1]],
-                            arrayminus=[est.lr_errors()[0]],
-                        ),
-                        hovertemplate=f"width {est.width}: lr* %{{x:.3g}}<extra></extra>",
-                    ),
-                    row=1,
-                    col=col,
-                )
-        finite = [p.value for p in points if math.isfinite(p.value) and p.value > 0]
-        top = max(finite) if finite else 10.0
-        div = [p for p in points if p.state == "diverged"]
-        fig.add_trace(
-            go.Scatter(
-                x=[p.lr for p in div],
-                y=[top] * len(div),
-                mode="markers",
-                name="diverged",
-                marker=dict(symbol="x", color="red", size=9),
-                showlegend=col == 1,
-                text=[f"trial {p.number}, width {p.width}" for p in div],
-                hovertemplate="diverged: %{text}<br>lr %{x:.3g}<extra></extra>",
-            ),
-            row=1,
-            col=col,
-        )
-        for bound in (low, high):
-            fig.add_vline(x=bound, line=dict(color="gray", dash="dash", width=1), row=1, col=col)
-        fig.update_xaxes(type="log", title="learning rate", row=1, col=col)
-    fig.update_yaxes(type="log", title="best validation loss", row=1, col=1)
-    fig.update_layout(
-        title="Validation loss vs learning rate (★ lr* with interval)",
-        template="plotly_white",
-        height=520,
-    )
-    return fig

@@ -280,7 +280,7 @@ def write_report(
 
     ``importances``: those of ``rep``'s study, started before (see :class:`PendingImportances`).
     """
-    from study import figures
+    from study import figures, figures_plotly
 
     out.mkdir(parents=True, exist_ok=True)
     _write_summary(out / "summary.csv", rep.fit)
@@ -298,10 +298,10 @@ def write_report(
         }
         (out / "compare.json").write_text(json.dumps(compare, indent=2) + "\n")
         written.append(out / "compare.json")
-    lr_fig = figures.plotly_lr_star(panels)
+    lr_fig = figures_plotly.plotly_lr_star(panels)
     interactive: list[tuple[str, Any]] = [
         ("Optimal learning rate vs width", lr_fig),
-        ("Validation loss vs learning rate", figures.plotly_loss_vs_lr(panels)),
+        ("Validation loss vs learning rate", figures_plotly.plotly_loss_vs_lr(panels)),
     ]
     complete = rep.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) >= 2:
@@ -330,7 +330,7 @@ def write_report(
     written += figures.save_png_figures(out, panels, _best_curves(rep), importances.result)
     ped_anova = importances.result()[0].get("PED-ANOVA")
     if len(complete) >= 2 and ped_anova:
-        figure = figures.plotly_importances(ped_anova, rep.study)
+        figure = figures_plotly.plotly_importances(ped_anova, rep.study)
         interactive.insert(2, ("Parameter importance (PED-ANOVA)", figure))
     written.append(_html([rep, *others], interactive, out))
     return written

@@ -171,11 +171,11 @@ def test_saving_into_the_dashboard_falls_back_to_the_package_import(
 
 
 def test_the_pages_importance_figure_is_optunas_own(db: Path) -> None:
-    from study import figures
+    from study import figures_plotly
 
     study = load(URL, "smoke")
     importances, _ = report.importances_of(study.get_trials(), study.direction)
-    ours = figures.plotly_importances(importances["PED-ANOVA"], study)
+    ours = figures_plotly.plotly_importances(importances["PED-ANOVA"], study)
     assert ours.to_dict() == optuna.visualization.plot_param_importances(study).to_dict()
 
 
