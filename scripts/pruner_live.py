@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from bench import inside_interval, lr_star_moves, study_facts
 
-from study.bench import inside_interval, lr_star_moves, study_facts
 from study.space import load_space, resolve_space_path
 
 

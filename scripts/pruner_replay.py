@@ -11,7 +11,7 @@ tool's own per-width percentile pruner (50: the median pruner), as a live study 
 trial the pruner stops keeps only the epochs it ran. lr* per width is then estimated as the report
 does, and compared with the estimate from the full curves. No training: a setting is judged on the
 same trials in seconds. What a replay cannot show is the sampler's reaction to pruning (TPE places
-later lrs by the earlier results): check a setting chosen here live, ``python -m study.bench``.
+later lrs by the earlier results): check a setting chosen here live, ``python scripts/bench.py``.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from bench import without_speedups
 from optuna.trial import TrialState
 
 from study.analysis import analyze, points_from_trials
-from study.bench import without_speedups
 from study.builders import build_pruner
 from study.sampling import LR, WIDTH
-from study.space import PrunerConfig, Space, load_space, resolve_space_path
+from study.space import PrunerConfig, Space, load_space, space_to_toml
 from study.train import out_of_patience
 
 
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     space = load_space(args.space)
     if args.write_reference:
         out = Path(f"{space.name}_nopruning.toml")
-        out.write_text(without_speedups(resolve_space_path(args.space).read_text()))
+        out.write_text(space_to_toml(without_speedups(space)))
         run = f"python -m study.run --space {out} --trials 200 --storage sqlite:///ref.db"
         print(f"written: {out}; run it with\n  {run} --no-report")
         return 0

@@ -39,6 +39,8 @@ __all__ = [
     "load_space",
     "resolve_space_path",
     "space_source",
+    "space_to_toml",
+    "with_changes",
     "space_diff",
     "space_from_dict",
 ]
@@ -469,6 +471,44 @@ def resolve_space_path(name_or_path: str) -> Path:
         f"unknown space {name_or_path!r}: give a path to a .toml file or one of: "
         + ", ".join(available_spaces())
     )
+
+
+def with_changes(space: Space, changes: dict[str, Any]) -> Space:
+    """``space`` with some keys set, validated as a file would be: ``changes`` maps dotted keys
+    to values, e.g. ``{"pruner.name": "none", "training.patience": 0}``.
+
+    Raises:
+        SpaceError: a key this space does not have, or a value it does not allow.
+    """
+    d = space.to_dict()
+    for dotted, value in changes.items():
+        section, _, key = dotted.rpartition(".")
+        table = d.setdefault(section, {}) if section else d
+        table[key] = value
+    return space_from_dict(d)
+
+
+def space_to_toml(space: Space) -> str:
+    """The space as a TOML file that :func:`load_space` reads back as the same space."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, float) and not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return repr(v)
+
+    d = space.to_dict()
+    lines = [f"{k} = {value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for section, table in d.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]"]
+            lines += [f"{k} = {value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
 
 
 def space_source(name_or_path: str) -> str:

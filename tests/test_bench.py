@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
 
-from study.bench import _with_key, compare_studies, without_speedups
-from study.space import available_spaces, load_space, resolve_space_path
+from study.space import (
+    available_spaces,
+    load_space,
+    resolve_space_path,
+    space_to_toml,
+    with_changes,
+)
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))  # the bench lives there, outside the package
+from bench import compare_studies, without_speedups  # noqa: E402
 
 
 @pytest.mark.parametrize("name", available_spaces())
@@ -16,7 +26,7 @@ def test_the_reference_space_differs_only_in_pruning_and_early_stopping(
     name: str, tmp_path: Path
 ) -> None:
     path = tmp_path / f"{name}_nopruning.toml"
-    path.write_text(without_speedups(resolve_space_path(name).read_text()))
+    path.write_text(space_to_toml(without_speedups(load_space(name))))
     space, reference = load_space(name), load_space(str(path))
     assert reference.pruner.name == "none" and reference.training.patience == 0
     same = dataclasses.replace(
@@ -32,7 +42,7 @@ def test_the_reference_space_differs_only_in_pruning_and_early_stopping(
 def test_the_bf16_space_differs_only_in_its_matmul_precision(name: str, tmp_path: Path) -> None:
     path = tmp_path / f"{name}_bf16.toml"
     path.write_text(
-        _with_key(resolve_space_path(name).read_text(), "training", "matmul_precision", '"medium"')
+        space_to_toml(with_changes(load_space(name), {"training.matmul_precision": "medium"}))
     )
     space, bf16 = load_space(name), load_space(str(path))
     assert bf16.training.matmul_precision == "medium"
@@ -58,8 +68,7 @@ def test_the_machine_line_names_the_cpu_and_its_vector_kernels() -> None:
     import platform
 
     import torch
-
-    from study.bench import machine
+    from bench import machine
 
     line = machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -78,7 +87,8 @@ def test_the_machine_line_names_the_cpu_and_its_vector_kernels() -> None:
 def test_training_flops_are_those_of_the_fastest_run_as_the_peak_is(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import study.bench as bench
+    import bench
+
     from study.train import TrainResult
     from study.train import train as real_train
 
