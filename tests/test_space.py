@@ -177,3 +177,24 @@ def test_the_shipped_bf16_space_is_the_default_study_but_for_its_matmul_precisio
     default, bf16 = load_space("mlp_digits"), load_space("mlp_digits_bf16")
     assert bf16.training.matmul_precision == "medium"
     assert space_diff(default.to_dict(), bf16.to_dict()) == ["training.matmul_precision"]
+
+
+@pytest.mark.parametrize("name", available_spaces())
+def test_a_space_written_as_toml_reads_back_as_the_same_space(name: str, tmp_path: Path) -> None:
+    from study.space import space_to_toml
+
+    space = load_space(name)
+    path = tmp_path / "again.toml"
+    path.write_text(space_to_toml(space))
+    assert load_space(str(path)) == space
+
+
+def test_changes_to_a_space_are_validated_as_a_file_is() -> None:
+    from study.space import with_changes
+
+    space = with_changes(load_space("smoke"), {"pruner.name": "none", "training.epochs": 5})
+    assert (space.pruner.name, space.training.epochs) == ("none", 5)
+    with pytest.raises(SpaceError, match="lr.colour: unknown key"):
+        with_changes(space, {"lr.colour": "red"})
+    with pytest.raises(SpaceError, match="training.epochs"):
+        with_changes(space, {"training.epochs": 0})
