@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from study._errors import SpaceError
-from study.space import ModelConfig, Space, _FieldError
+from study.space_config import ModelConfig, Space, _FieldError
 
 __all__ = ["Cost", "check_memory", "estimate_cost", "host_memory_available"]
 
