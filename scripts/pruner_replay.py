@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from study.analysis import analyze, points_from_trials
 from study.builders import build_pruner
-from study.sampling import LR, WIDTH
+from study.names import LR, WIDTH
 from study.space import PrunerConfig, Space, load_space, space_to_toml
 from study.train import out_of_patience
 

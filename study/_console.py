@@ -10,7 +10,7 @@ from typing import TextIO
 
 from optuna.trial import FrozenTrial, TrialState
 
-from study.sampling import LR, WIDTH
+from study.names import DIVERGED, LR, WIDTH
 
 __all__ = ["Counts", "Progress", "count_trials", "summary_table"]
 
@@ -31,7 +31,7 @@ class Counts:
 
 
 def is_diverged(t: FrozenTrial) -> bool:
-    return bool(t.user_attrs.get("diverged", False))
+    return bool(t.user_attrs.get(DIVERGED, False))
 
 
 def count_trials(trials: list[FrozenTrial]) -> Counts:

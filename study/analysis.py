@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from study.sampling import LR, WIDTH
+from study.names import BEST_VAL_LOSS, DIVERGED, LR, WIDTH
 
 __all__ = [
     "MIN_COMPLETE",
@@ -80,8 +80,8 @@ def points_from_trials(trials: list[FrozenTrial]) -> list[Point]:
         if t.state == TrialState.COMPLETE:
             state, value = "complete", float(t.value)  # type: ignore[arg-type]
         else:
-            state = "diverged" if t.user_attrs.get("diverged") else "pruned"
-            value = float(t.user_attrs.get("best_val_loss", math.inf))  # "inf" is stored as text
+            state = "diverged" if t.user_attrs.get(DIVERGED) else "pruned"
+            value = float(t.user_attrs.get(BEST_VAL_LOSS, math.inf))  # "inf" is stored as text
         out.append(Point(int(t.params[WIDTH]), float(t.params[LR]), value, state, t.number))
     return out
 

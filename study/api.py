@@ -37,6 +37,7 @@ from study.builders import (
     run_seed,
 )
 from study.cost import check_memory
+from study.names import COMMAND
 from study.objective import Objective
 from study.report import StudyReport, default_report_dir, make_report
 from study.runner import fail_stale, run_trials
@@ -361,7 +362,7 @@ def _metadata(space: Space, argv: Sequence[str]) -> dict[str, Any]:
     from importlib.metadata import version
 
     return {
-        "command": shlex.join(["python", "-m", "study.run", *mask_argv(argv)]),
+        COMMAND: shlex.join(["python", "-m", "study.run", *mask_argv(argv)]),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 
 from study import _faults
 from study.data import Dataset, load_dataset
-from study.sampling import LR, WIDTH, PerWidthPruner
+from study.names import BEST_VAL_LOSS, DIVERGED, EPOCHS_RUN, LR, WIDTH
+from study.sampling import PerWidthPruner
 from study.space import Space
 from study.train import EpochResult, TrainResult, train
 
@@ -95,7 +96,7 @@ class Objective:
         trials: list[optuna.Trial], lost: set[int]
     ) -> Callable[[list[int], list[EpochResult]], list[bool]]:
         """For a stack of ``trials``: reports the epoch's validation loss of every member
-        still training, then asks the pruner about each (see :func:`study.train_stacked`)."""
+        still training, then asks the pruner about each (see :func:`study.stacked.train_stacked`)."""
         if trials:
             pruner = trials[0].study.pruner
             if isinstance(pruner, PerWidthPruner):  # one read of the finished trials serves
@@ -119,19 +120,19 @@ class Objective:
         """How the run ends the trial: COMPLETE with its best validation loss, or PRUNED if
         stopped or diverged; the run's record (and ``extra``) as user attrs."""
         attrs: dict[str, Any] = {
-            "best_val_loss": r.best_val_loss,
+            BEST_VAL_LOSS: r.best_val_loss,
             "final_val_loss": r.final_val_loss,
             "val_accuracy": r.val_accuracy,
             "train_loss": r.final_train_loss,
             "initial_val_loss": r.initial_val_loss,
             "best_epoch": r.best_epoch,
             "n_params": r.n_params,
-            "epochs_run": r.epochs_run,
+            EPOCHS_RUN: r.epochs_run,
             "seconds": round(r.seconds, 4),
             "eval_seconds": round(r.eval_seconds, 4),
             "report_seconds": round(r.callback_seconds, 4),
             "device": str(self.device),
-            "diverged": r.diverged,
+            DIVERGED: r.diverged,
             **({"early_stopped": True} if r.early_stopped else {}),
             **(extra or {}),
         }

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from study._errors import UserError
 from study.analysis import Fit, Point, analyze, headline, points_from_trials
 from study.importances import PendingImportances
-from study.sampling import LR, WIDTH
+from study.names import COMMAND, LR, SPACE, WIDTH
 from study.urls import mask_text, mask_url
 
 __all__ = ["DASHBOARD_FIGURE_ID", "StudyReport", "analyse_study", "write_report"]
@@ -48,7 +48,7 @@ def _space_of(
     study: optuna.Study, trials: list[FrozenTrial]
 ) -> tuple[list[int], tuple[float, float]]:
     """Widths and lr range from the stored space, or from the trials of a foreign study."""
-    space = study.user_attrs.get("space")
+    space = study.user_attrs.get(SPACE)
     if space:
         return list(space["model"]["widths"]), (space["lr"]["low"], space["lr"]["high"])
     widths = sorted({int(t.params[WIDTH]) for t in trials if WIDTH in t.params})
@@ -189,9 +189,9 @@ def _note_markdown(rep: StudyReport, storage_url: str) -> str:
             f"| {e.width} | {_fmt(e.lr_star) or '-'} | {interval} | {_fmt(e.best_value) or '-'} "
             f"| {e.trials} | {e.complete} | {e.pruned} | {e.diverged} | {e.edge or ''} |"
         )
-    space = rep.study.user_attrs.get("space")
+    space = rep.study.user_attrs.get(SPACE)
     # Masked again: a study stored by an older version may hold the password in its command.
-    command = mask_text(rep.study.user_attrs.get("command", "python -m study.run ..."))
+    command = mask_text(rep.study.user_attrs.get(COMMAND, "python -m study.run ..."))
     lines += [
         "",
         "Method: " + fit.settings.get("estimator", "") + "; pruned and diverged trials "

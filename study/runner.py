@@ -38,6 +38,7 @@ from study._optuna_fixes import (
 from study.builders import (
     CPU_STACK_MAX_WIDTH,
 )
+from study.names import LR, SURPLUS, WIDTH, WORKER
 from study.objective import (
     Objective,
     TrialEnd,
@@ -46,11 +47,11 @@ from study.objective import (
     trial_seed,
     trial_template,
 )
-from study.sampling import LR, WIDTH, WidthStratifiedSampler
+from study.sampling import WidthStratifiedSampler
 from study.stacked import can_stack, train_stacked
 from study.train import TrainResult, train
 
-__all__ = ["Deferred", "SURPLUS", "WORKER", "fail_stale", "run_trials"]
+__all__ = ["Deferred", "fail_stale", "run_trials"]
 
 
 # How often a process that waits on other processes' trials looks at the storage again (one
@@ -58,8 +59,6 @@ __all__ = ["Deferred", "SURPLUS", "WORKER", "fail_stale", "run_trials"]
 POLL_S = 0.2
 # How often the run's progress line is redrawn while it waits for its workers.
 PROGRESS_S = 1.0
-SURPLUS = "surplus"
-WORKER = "worker"
 
 
 def _worker_id() -> str:
@@ -146,7 +145,7 @@ def _surplus(study: optuna.Study, trial: optuna.Trial) -> None:
 
 def _ask(study: optuna.Study) -> optuna.Trial:
     """``study.ask()``, except that a queued trial is claimed in one conditional UPDATE
-    (:func:`~study.storage.claim_waiting_trial`): Optuna's own pop lets two processes on SQLite
+    (:func:`~study._optuna_fixes.claim_waiting_trial`): Optuna's own pop lets two processes on SQLite
     both take it."""
     waiting = study._storage.get_all_trials(
         study._study_id, deepcopy=False, states=(TrialState.WAITING,)
@@ -176,7 +175,7 @@ def _new_trial(study: optuna.Study, target: int) -> optuna.Trial | None:
 
 
 def _tell(study: optuna.Study, ends: list[TrialEnd], lost: set[int]) -> list[TrialState | None]:
-    """Tell the trials' ends (:func:`~study.storage.finish_trials`); ``lost`` gains the ids of
+    """Tell the trials' ends (:func:`~study.objective.finish_trials`); ``lost`` gains the ids of
     those another process failed meanwhile.
 
     Call it inside ``Deferred``: an interrupt between two writes would leave a trial RUNNING.
@@ -248,7 +247,7 @@ def run_new_trials(
 
     ``trials`` is the study as just read: it gives the free slots, the width's share and the
     history the lrs are sampled from (:meth:`WidthStratifiedSampler.sample_new`). The trials are
-    stored whole (width, lr, worker; :func:`~study.storage.create_trials`), their heartbeats
+    stored whole (width, lr, worker; :func:`~study.objective.create_trials`), their heartbeats
     start at once, and one read
     afterwards checks that it holds a slot and its width's share: another worker may have
     created trials meanwhile; a trial that lost that race is failed before training (surplus).

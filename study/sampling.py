@@ -23,10 +23,9 @@ from optuna.pruners import BasePruner, HyperbandPruner, PercentilePruner
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["PerWidthPruner", "WidthStratifiedSampler"]
+from study.names import LR, WIDTH
 
-WIDTH = "width"
-LR = "lr"
+__all__ = ["PerWidthPruner", "WidthStratifiedSampler"]
 
 
 class _WidthView:

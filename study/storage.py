@@ -21,6 +21,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from study._errors import UserError
+from study.names import SPACE, SPACE_FINGERPRINT
 from study.space import Space, space_diff
 from study.urls import mask_secrets, mask_url, sqlite_path
 
@@ -224,7 +225,7 @@ def _wait_for_space(storage: RDBStorage, study_name: str) -> Any:
     study_id = storage.get_study_id_from_name(study_name)
     deadline = time.monotonic() + CREATION_WAIT_S
     while time.monotonic() < deadline:
-        space = storage.get_study_user_attrs(study_id).get("space")
+        space = storage.get_study_user_attrs(study_id).get(SPACE)
         if space is not None:
             return space
         time.sleep(0.2)
@@ -242,7 +243,7 @@ def stored_space(storage: optuna.storages.BaseStorage, study_name: str) -> dict[
         study_id = storage.get_study_id_from_name(study_name)
     except KeyError:
         return None
-    space = storage.get_study_user_attrs(study_id).get("space")
+    space = storage.get_study_user_attrs(study_id).get(SPACE)
     return space if isinstance(space, dict) else None
 
 
@@ -283,7 +284,7 @@ def create_or_load_study(
                 "tool, which minimizes the validation loss); choose another --study-name"
             )
         n_trials = count_stored_trials(storage, study_id)
-        stored = storage.get_study_user_attrs(study_id).get("space")
+        stored = storage.get_study_user_attrs(study_id).get(SPACE)
         if stored is None and n_trials == 0:
             stored = _wait_for_space(storage, study_name)
             if stored is None:
@@ -330,7 +331,7 @@ def create_or_load_study(
 def _store_space(study: optuna.Study, space: Space, metadata: dict[str, Any]) -> None:
     """The study's space, its fingerprint and the run's metadata, as its user attrs. The space
     comes last: a study holds it only once everything else is stored."""
-    study.set_user_attr("space_fingerprint", space.fingerprint())
+    study.set_user_attr(SPACE_FINGERPRINT, space.fingerprint())
     for key, value in metadata.items():
         study.set_user_attr(key, value)
-    study.set_user_attr("space", space.to_dict())
+    study.set_user_attr(SPACE, space.to_dict())

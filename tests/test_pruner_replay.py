@@ -10,8 +10,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from study.names import LR, WIDTH
 from study.run import main
-from study.sampling import LR, WIDTH
 from tests.conftest import REPO, write_space
 
 SPACE = """

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.runner import SURPLUS
+from study.names import SURPLUS
 from tests.conftest import (
     SLOW_SPACE,
     fault_env,

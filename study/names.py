@@ -1,0 +1,35 @@
+"""The names a study stores, defined once: its parameters, and the attrs of its trials and of
+itself that more than one module reads or writes."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BEST_VAL_LOSS",
+    "COMMAND",
+    "DIVERGED",
+    "EPOCHS_RUN",
+    "LR",
+    "SPACE",
+    "SPACE_FINGERPRINT",
+    "SURPLUS",
+    "WIDTH",
+    "WORKER",
+]
+
+# A trial's parameters.
+WIDTH = "width"
+LR = "lr"
+
+# A trial's user attrs (the run's record; study.objective.Objective.end writes them all).
+BEST_VAL_LOSS = "best_val_loss"  # the lowest validation loss over the epochs run
+DIVERGED = "diverged"  # True: its loss went NaN/inf or far above the initial one
+EPOCHS_RUN = "epochs_run"
+
+# A trial's system attrs.
+SURPLUS = "surplus"  # failed before training: it lost a race for a slot
+WORKER = "worker"  # host:pid of the process that ran it
+
+# The study's user attrs.
+SPACE = "space"  # the full space (Space.to_dict()): what a resume runs on
+SPACE_FINGERPRINT = "space_fingerprint"
+COMMAND = "command"  # the command line that made it, passwords masked
