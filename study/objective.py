@@ -96,7 +96,8 @@ class Objective:
         trials: list[optuna.Trial], lost: set[int]
     ) -> Callable[[list[int], list[EpochResult]], list[bool]]:
         """For a stack of ``trials``: reports the epoch's validation loss of every member
-        still training, then asks the pruner about each (see :func:`study.stacked.train_stacked`)."""
+        still training, then asks the pruner about each
+        (see :func:`study.stacked.train_stacked`)."""
         if trials:
             pruner = trials[0].study.pruner
             if isinstance(pruner, PerWidthPruner):  # one read of the finished trials serves

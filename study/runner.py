@@ -145,8 +145,8 @@ def _surplus(study: optuna.Study, trial: optuna.Trial) -> None:
 
 def _ask(study: optuna.Study) -> optuna.Trial:
     """``study.ask()``, except that a queued trial is claimed in one conditional UPDATE
-    (:func:`~study._optuna_fixes.claim_waiting_trial`): Optuna's own pop lets two processes on SQLite
-    both take it."""
+    (:func:`~study._optuna_fixes.claim_waiting_trial`): Optuna's own pop lets two processes on
+    SQLite both take it."""
     waiting = study._storage.get_all_trials(
         study._study_id, deepcopy=False, states=(TrialState.WAITING,)
     )
