@@ -148,7 +148,8 @@ class MLPStep:
 
     Autograd's bookkeeping and a fresh gradient tensor per parameter per step cost 9% of an
     epoch's training at width 1024 and 10% at 512 on one CPU thread (:func:`study.train.train`,
-    5 epochs, median of 5 alternating runs: 99.1 -> 89.9 ms, 31.2 -> 28.0 ms; 13.7 -> 10.8 ms at 256).
+    5 epochs, median of 5 alternating runs: 99.1 -> 89.9 ms, 31.2 -> 28.0 ms; 13.7 -> 10.8 ms at
+    256).
     ``zero_grad`` is not needed: every step overwrites every gradient. ReLU and its backward
     run in place (bit for bit the same; at width 512 an epoch 2% faster, 33.1 -> 32.3 ms,
     medians of 8 alternating runs; no change measured at 1024).
