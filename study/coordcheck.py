@@ -9,7 +9,6 @@ slopes and saves the figure.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from study._cli import command_parser
 from study._errors import UserError
 from study.data import load_dataset
 from study.model import build_model
@@ -126,10 +126,10 @@ def _figure(checks: list[CoordCheck], space: Space, lr: float, path: Path) -> No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m study.coordcheck", description=__doc__.splitlines()[0]
+    p = command_parser(
+        "study.coordcheck", "Coordinate check: mean output size after a few steps, vs width."
     )
-    p.add_argument("--space", default="mlp_digits")
+    p.add_argument("--space", default="mlp_digits", help="shipped space name or .toml path")
     p.add_argument("--widths", default=None, help="comma-separated (default: 32..2048 for mlp)")
     p.add_argument(
         "--lr",
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="base lr (default: geometric middle of the space's lr range)",
     )
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="training steps before measuring")
     p.add_argument(
         "--out", default=None, help="figure path (default: reports/coordcheck_SPACE.png)"
     )

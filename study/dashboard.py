@@ -21,9 +21,10 @@ from typing import Any
 
 import optuna
 
+from study._cli import command_parser
 from study._errors import UserError
 from study.storage import DEFAULT_STORAGE
-from study.urls import MaskingArgumentParser, dashboard_url, mask_url, require_existing
+from study.urls import dashboard_url, mask_url, require_existing
 
 __all__ = ["dashboard_command", "main", "save_to_dashboard"]
 
@@ -95,10 +96,10 @@ def dashboard_command(storage: str, host: str, port: int, allow_remote: bool) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = MaskingArgumentParser(prog="python -m study.dashboard", description=__doc__.splitlines()[0])
-    p.add_argument("--storage", default=DEFAULT_STORAGE)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p = command_parser("study.dashboard", "Browse a study live in the real optuna-dashboard.")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the storage")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    p.add_argument("--port", type=int, default=8080, help="port to serve on")
     p.add_argument(
         "--allow-remote",
         action="store_true",

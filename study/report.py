@@ -17,12 +17,13 @@ from pathlib import Path
 
 import optuna
 
+from study._cli import command_parser
 from study._errors import UserError
 from study.analysis import headline
 from study.importances import PendingImportances, importances_of
 from study.report_files import DASHBOARD_FIGURE_ID, StudyReport, analyse_study, write_report
 from study.storage import DEFAULT_STORAGE, open_storage
-from study.urls import MaskingArgumentParser, mask_url, require_existing
+from study.urls import mask_url, require_existing
 
 __all__ = [
     "DASHBOARD_FIGURE_ID",
@@ -129,9 +130,13 @@ def make_report(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = MaskingArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
-    p.add_argument("--storage", default=DEFAULT_STORAGE)
-    p.add_argument("--study-name", default=None, help="default: the only study in the storage")
+    p = command_parser(
+        "study.report", "Write a study's report: lr* per width, alpha, figures, an HTML page."
+    )
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the storage")
+    p.add_argument(
+        "--study-name", default=None, help="the study (default: the only study in the storage)"
+    )
     p.add_argument(
         "--out",
         default=None,
@@ -142,11 +147,16 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="OTHER_STUDY",
-        help="another study (same storage unless --compare-storage) to show beside it",
+        help="another study (same storage unless --compare-storage) to show beside it; "
+        "repeat for more (default: none)",
     )
-    p.add_argument("--compare-storage", default=None, help="storage URL of the --compare studies")
     p.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)"
+        "--compare-storage",
+        default=None,
+        help="storage URL of the --compare studies (default: --storage)",
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap replicates for the intervals"
     )
     p.add_argument(
         "--no-dashboard",

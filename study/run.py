@@ -13,32 +13,32 @@ import os
 import sys
 from collections.abc import Sequence
 
+from study._cli import command_parser
 from study._errors import UserError
 from study.api import DEFAULT_SPACE, run_study
 from study.builders import CPU_STACK_MAX_WIDTH, MAX_DEFAULT_WORKERS
 from study.storage import DEFAULT_STORAGE
-from study.urls import MaskingArgumentParser
 
 __all__ = ["cli", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = MaskingArgumentParser(
-        prog="python -m study.run",
-        description="Run (or resume) a width x learning-rate study.",
-    )
+    p = command_parser("study.run", "Run (or resume) a width x learning-rate study.")
     p.add_argument(
         "--space",
         default=None,
         help=f"shipped space name or .toml path (default: the study's own space when the study "
         f"exists, else {DEFAULT_SPACE})",
     )
-    p.add_argument(
-        "--trials", type=int, default=200, help="total trials the study should hold (default 200)"
-    )
+    p.add_argument("--trials", type=int, default=200, help="total trials the study should hold")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the storage")
-    p.add_argument("--study-name", default=None, help="default: the space's name")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--study-name", default=None, help="the study's name (default: the space's)")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where trials train; auto: a GPU when there is one",
+    )
     p.add_argument(
         "--workers",
         type=int,

@@ -157,7 +157,12 @@ def test_saving_into_the_dashboard_falls_back_to_the_package_import(
 
     from study import dashboard
 
-    monkeypatch.setattr(dashboard.importlib.util, "find_spec", lambda name: None)
+    real = dashboard.importlib.util.find_spec  # optuna-dashboard's is hidden, no other module's
+
+    def hide_the_dashboard(name: str, *args: object) -> object:
+        return None if name == "optuna_dashboard" else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dashboard.importlib.util, "find_spec", hide_the_dashboard)
     dashboard._saving_modules.cache_clear()
     try:
         assert dashboard._saving_modules() == (optuna_dashboard, optuna_dashboard)
