@@ -23,10 +23,10 @@ import optuna
 
 from study._cli import command_parser
 from study._errors import UserError
-from study.storage import DEFAULT_STORAGE
+from study.storage import DEFAULT_STORAGE, open_storage
 from study.urls import dashboard_url, mask_url, require_existing
 
-__all__ = ["dashboard_command", "main", "save_to_dashboard"]
+__all__ = ["dashboard_command", "main", "save_to_dashboard", "study_addresses"]
 
 
 def save_to_dashboard(study: optuna.Study, figure: Any, figure_id: str, note: str) -> None:
@@ -95,6 +95,19 @@ def dashboard_command(storage: str, host: str, port: int, allow_remote: bool) ->
     return [exe, url, "--host", host, "--port", str(port)]
 
 
+def study_addresses(storage: str, host: str, port: int) -> list[str]:
+    """Each study of the storage with the address of its page in optuna-dashboard
+    (``/dashboard/studies/ID``): ``  NAME  http://HOST:PORT/dashboard/studies/ID``."""
+    rdb = open_storage(storage, heartbeat_s=None)
+    try:
+        names = optuna.get_all_study_names(storage=rdb)
+        ids = {name: rdb.get_study_id_from_name(name) for name in names}
+    finally:
+        rdb.engine.dispose()
+    width = max((len(n) for n in names), default=0)
+    return [f"  {n:<{width}}  http://{host}:{port}/dashboard/studies/{i}" for n, i in ids.items()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = command_parser("study.dashboard", "Browse a study live in the real optuna-dashboard.")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the storage")
@@ -117,10 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reachable from the network, with no authentication",
             file=sys.stderr,
         )
-    print(
-        f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(args.storage)}",
-        flush=True,
-    )
+    print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(args.storage)}")
+    for line in study_addresses(args.storage, args.host, args.port):
+        print(line)
+    sys.stdout.flush()
     os.execv(cmd[0], cmd)  # the real optuna-dashboard process replaces this one
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "DIVERGED",
     "EPOCHS_RUN",
     "LR",
+    "METRIC",
     "SPACE",
     "SPACE_FINGERPRINT",
     "SURPLUS",
@@ -28,6 +29,9 @@ EPOCHS_RUN = "epochs_run"
 # A trial's system attrs.
 SURPLUS = "surplus"  # failed before training: it lost a race for a slot
 WORKER = "worker"  # host:pid of the process that ran it
+
+# The name of a study's value: the best validation loss a trial reached.
+METRIC = "validation loss"
 
 # The study's user attrs.
 SPACE = "space"  # the full space (Space.to_dict()): what a resume runs on

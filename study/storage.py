@@ -21,7 +21,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from study._errors import UserError
-from study.names import SPACE, SPACE_FINGERPRINT
+from study.names import METRIC, SPACE, SPACE_FINGERPRINT
 from study.space import Space, space_diff
 from study.urls import mask_secrets, mask_url, sqlite_path
 
@@ -331,6 +331,7 @@ def create_or_load_study(
 def _store_space(study: optuna.Study, space: Space, metadata: dict[str, Any]) -> None:
     """The study's space, its fingerprint and the run's metadata, as its user attrs. The space
     comes last: a study holds it only once everything else is stored."""
+    study.set_metric_names([METRIC])  # what optuna-dashboard names the value ("Objective 0")
     study.set_user_attr(SPACE_FINGERPRINT, space.fingerprint())
     for key, value in metadata.items():
         study.set_user_attr(key, value)

@@ -345,6 +345,43 @@ def test_real_dashboard_serves_the_saved_figure_and_note(db: Path, workdir: Path
     assert len(detail["trials"]) == 18
 
 
+def test_the_dashboard_command_prints_each_studys_own_address(db: Path, workdir: Path) -> None:
+    """``python -m study.dashboard`` names each study's page; the real optuna-dashboard serves
+    that page, and its API knows the study by the id in the address."""
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study.dashboard", "--storage", URL, "--port", str(port)],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]  # the header, then one per study
+        address = {line.split()[0]: line.split()[1] for line in lines[1:]}
+        assert set(address) == {"smoke", "other"}, lines
+        study_id = address["smoke"].rsplit("/", 1)[1]
+
+        def page_served() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"optuna-dashboard exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(address["smoke"], timeout=5) as r:
+                    return r.status == 200 and b"<html" in r.read().lower()
+            except OSError:
+                return False
+
+        wait_until(page_served, 60, "the study's page")
+        api = f"http://127.0.0.1:{port}/api/studies/{study_id}"
+        with urllib.request.urlopen(api, timeout=5) as r:
+            assert json.load(r)["name"] == "smoke"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def _stored_importances(study: optuna.Study) -> dict[str, dict[str, float]]:
     """What Optuna's own evaluators give on the stored study, in this process."""
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
