@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
+from study._version import tool_version
 from study.urls import MaskingArgumentParser
 
 __all__ = ["command_parser"]
@@ -32,13 +32,6 @@ class _DefaultsShown(argparse.HelpFormatter):
         return f"{text} (default: {action.default})"
 
 
-def _version() -> str:
-    try:
-        return version("width-lr-study")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
-
-
 def command_parser(module: str, description: str) -> argparse.ArgumentParser:
     """The parser of ``python -m MODULE`` (named as the user ran it: the console script's name
     when run as one), with ``--version``."""
@@ -46,5 +39,5 @@ def command_parser(module: str, description: str) -> argparse.ArgumentParser:
     if os.path.basename(sys.argv[0]) == _SCRIPTS.get(module):
         prog = _SCRIPTS[module]
     p = MaskingArgumentParser(prog=prog, description=description, formatter_class=_DefaultsShown)
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {tool_version()}")
     return p

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shlex
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 
 from study._console import Progress, count_trials, summary_table
 from study._errors import UserError, is_storage_full
+from study._version import git_commit
 from study.analysis import headline
 from study.builders import (
     build_pruner,
@@ -110,7 +110,8 @@ def run_study(
         heartbeat_s: seconds between a running trial's heartbeats; a trial silent for 3x this
             is failed and retried.
         report: write the report at the end (into ``report_dir``, default
-            ``reports/STUDY_NAME`` made a safe folder name) and save it into the study.
+            ``reports/STUDY_NAME``, see :func:`study.report.default_report_dir`) and save it
+            into the study.
         quiet: print nothing (else what ``python -m study.run`` prints).
         command: the command line to store with the study (the CLI's); default: the
             ``python -m study.run`` command equivalent to this call. Passwords are masked.
@@ -204,7 +205,7 @@ def run_study(
             ) from None
         rep = None
         if status == 0 and report:
-            out = Path(report_dir) if report_dir else default_report_dir(name)
+            out = Path(report_dir) if report_dir else default_report_dir(name, storage)
             (rep,) = make_report(study, out, storage)
             say("")
             say(headline(rep.fit, name))
@@ -341,22 +342,6 @@ def _call_as_command(
     return argv
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
 def _metadata(space: Space, argv: Sequence[str]) -> dict[str, Any]:
     """What a new study stores beside its space: the command, versions, commit, seed, date."""
     from importlib.metadata import version
@@ -369,7 +354,7 @@ def _metadata(space: Space, argv: Sequence[str]) -> dict[str, Any]:
             "optuna": optuna.__version__,
             "width-lr-study": version("width-lr-study"),
         },
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "seed": space.seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

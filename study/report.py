@@ -23,7 +23,7 @@ from study.analysis import headline
 from study.importances import PendingImportances, importances_of
 from study.report_files import DASHBOARD_FIGURE_ID, StudyReport, analyse_study, write_report
 from study.storage import DEFAULT_STORAGE, open_storage
-from study.urls import mask_url, require_existing
+from study.urls import dashboard_url, mask_url, require_existing
 
 __all__ = [
     "DASHBOARD_FIGURE_ID",
@@ -46,25 +46,29 @@ _HASH_HEX = 10
 _HASHED_END = re.compile(rf"-[0-9a-f]{{{_HASH_HEX}}}$")
 
 
-def default_report_dir(study_name: str) -> Path:
+def default_report_dir(study_name: str, storage: str = DEFAULT_STORAGE) -> Path:
     """``reports/<folder>`` in the current folder, for a report with no ``--out``.
 
     A study name is any string (Optuna stores ``/tmp/x``, ``../../x`` or ``.hidden``, and anyone
     with the database can choose it), so it is never used as a path: the folder keeps only
     ``[A-Za-z0-9._-]`` (others become ``_``), never starts with ``.`` and is never empty. A name
     that had to change carries ``-`` and a hash of the real name, which a kept name never ends
-    with, so two different names never share a folder.
+    with, so two different names never share a folder. A study of another storage than the
+    default carries a hash of that storage too: two studies of one name in two storages, reported
+    from one folder, never overwrite each other.
     """
     safe = _UNSAFE_CHAR.sub("_", study_name)
     if (
-        safe == study_name
+        storage == DEFAULT_STORAGE
+        and safe == study_name
         and safe
         and not safe.startswith(".")
         and len(safe) <= _MAX_KEPT_NAME
         and not _HASHED_END.search(safe)
     ):
         return Path("reports") / safe
-    digest = hashlib.sha256(study_name.encode("utf-8", "surrogatepass")).hexdigest()
+    key = study_name if storage == DEFAULT_STORAGE else f"{study_name}\n{dashboard_url(storage)}"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     stem = safe.lstrip(".")[:64] or "study"
     return Path("reports") / f"{stem}-{digest[:_HASH_HEX]}"
 
@@ -140,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default=None,
-        help="output folder (default: reports/STUDY_NAME, the name made a safe folder name)",
+        help="output folder (default: reports/STUDY_NAME, the name made a safe folder name, "
+        "with a hash of the storage unless it is the default)",
     )
     p.add_argument(
         "--compare",
@@ -178,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compared = [
             load_report_study(args.compare_storage or args.storage, name) for name in args.compare
         ]
-        out = Path(args.out) if args.out else default_report_dir(study.study_name)
+        out = Path(args.out) if args.out else default_report_dir(study.study_name, args.storage)
         reps = make_report(
             study, out, args.storage, compared, args.bootstrap, not args.no_dashboard, importances
         )

@@ -8,6 +8,7 @@ import html
 import json
 import math
 import shlex
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +19,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from study._errors import UserError
+from study._version import git_commit, tool_version
 from study.analysis import Fit, Point, analyze, headline, points_from_trials
 from study.importances import PendingImportances
-from study.names import COMMAND, LR, SPACE, WIDTH
+from study.names import COMMAND, LR, SPACE, SPACE_FINGERPRINT, WIDTH
 from study.urls import mask_text, mask_url
 
-__all__ = ["DASHBOARD_FIGURE_ID", "StudyReport", "analyse_study", "write_report"]
+__all__ = [
+    "DASHBOARD_FIGURE_ID",
+    "StudyReport",
+    "analyse_study",
+    "provenance",
+    "write_report",
+]
 
 
 DASHBOARD_FIGURE_ID = "lr_star_vs_width"
@@ -222,7 +230,41 @@ def _note_markdown(rep: StudyReport, storage_url: str) -> str:
     return "\n".join(lines)
 
 
-def _html(reports: Sequence[StudyReport], figures: list[tuple[str, Any]], out: Path) -> Path:
+def provenance(rep: StudyReport, storage_url: str) -> dict[str, Any]:
+    """Where a report comes from: its storage (password masked), study, trials by state, space
+    fingerprint, when it was written and by which version of the tool (and git commit)."""
+    states = [t.state.name.lower() for t in rep.study.get_trials(deepcopy=False)]
+    return {
+        "storage": mask_url(storage_url),
+        "study": rep.name,
+        "trials": {s: states.count(s) for s in sorted(set(states))},
+        "space_fingerprint": rep.study.user_attrs.get(SPACE_FINGERPRINT),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tool_version": tool_version(),
+        "git_commit": git_commit(),
+    }
+
+
+def _provenance_html(p: dict[str, Any]) -> str:
+    trials = ", ".join(f"{n} {s}" for s, n in p["trials"].items())
+    parts = [
+        f"storage {p['storage']}",
+        f"study {p['study']}",
+        f"trials: {trials}",
+        f"space {p['space_fingerprint'] or '(none stored)'}",
+        f"written {p['written']}",
+        f"width-lr-study {p['tool_version']}"
+        + (f" (commit {p['git_commit'][:12]})" if p["git_commit"] else ""),
+    ]
+    return "<p class='provenance'>" + html.escape(" · ".join(parts)) + "</p>"
+
+
+def _html(
+    reports: Sequence[StudyReport],
+    figures: list[tuple[str, Any]],
+    out: Path,
+    origin: dict[str, Any] | None = None,
+) -> Path:
     import plotly.io as pio
 
     parts = []
@@ -259,6 +301,7 @@ def _html(reports: Sequence[StudyReport], figures: list[tuple[str, Any]], out: P
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
         "text-align:right}</style></head><body>"
         "<h1>How does width change the optimal learning rate?</h1>"
+        + (_provenance_html(origin) if origin else "")
         + "".join(tables)
         + "".join(parts)
         + "</body></html>"
@@ -288,6 +331,8 @@ def write_report(
     fit_json["study"] = rep.name
     fit_json["lr_range"] = list(rep.lr_range)
     fit_json["headline"] = headline(rep.fit, rep.name)
+    origin = provenance(rep, storage_url)
+    fit_json["provenance"] = origin
     (out / "fit.json").write_text(json.dumps(fit_json, indent=2) + "\n")
     _write_trials(out / "trials.csv", rep.study.get_trials(deepcopy=False))
     written = [out / "summary.csv", out / "fit.json", out / "trials.csv"]
@@ -332,5 +377,5 @@ def write_report(
     if len(complete) >= 2 and ped_anova:
         figure = figures_plotly.plotly_importances(ped_anova, rep.study)
         interactive.insert(2, ("Parameter importance (PED-ANOVA)", figure))
-    written.append(_html([rep, *others], interactive, out))
+    written.append(_html([rep, *others], interactive, out, origin))
     return written

@@ -474,7 +474,7 @@ def test_ctrl_c_stops_the_report_and_all_its_processes_with_one_line(db: Path) -
     )
     # Once the first PNG is written, it draws the others and writes the page. (Earlier, Ctrl-C
     # can land in a C extension's import, e.g. numpy.random's, which loses it: Python's doing.)
-    first = db.parent / "reports" / "smoke" / "loss_vs_lr.png"
+    first = db.parent / report.default_report_dir("smoke", URL) / "loss_vs_lr.png"
     wait_until(first.exists, 60, "loss_vs_lr.png")
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     out, err = proc.communicate(timeout=60)

@@ -61,7 +61,7 @@ def test_a_run_named_as_a_path_writes_its_report_under_reports_here(
     assert run_main([*args, "--storage", "sqlite:///s.db", "--study-name", name]) == 0
     written = _files(workdir) - {deep_cwd / "s.db", deep_cwd / "s.db-wal", deep_cwd / "s.db-shm"}
     assert written and all(p.parent.parent == deep_cwd / "reports" for p in written), written
-    assert (deep_cwd / default_report_dir(name) / "report.html").is_file()
+    assert (deep_cwd / default_report_dir(name, "sqlite:///s.db") / "report.html").is_file()
     assert not (workdir / "elsewhere").exists()
 
 
@@ -76,7 +76,27 @@ def test_a_stored_study_named_as_a_path_gets_its_report_under_reports_here(
     written = _files(workdir) - before
     written -= {deep_cwd / "s.db-wal", deep_cwd / "s.db-shm"}
     assert written and all(p.parent.parent == deep_cwd / "reports" for p in written), written
-    assert (deep_cwd / default_report_dir(name) / "report.html").is_file()
+    assert (deep_cwd / default_report_dir(name, "sqlite:///s.db") / "report.html").is_file()
     assert not (workdir / "a" / "x").exists() and not Path(name).is_dir()
     assert optuna.get_all_study_names("sqlite:///s.db") == [name]  # the name itself is kept
-    assert os.listdir(deep_cwd / "reports") == [default_report_dir(name).name]
+    assert os.listdir(deep_cwd / "reports") == [default_report_dir(name, "sqlite:///s.db").name]
+
+
+def test_two_studies_of_one_name_in_two_storages_leave_two_reports_naming_their_storage(
+    workdir: Path,
+) -> None:
+    import json
+
+    for db in ("a.db", "b.db"):
+        args = ["--space", "smoke", "--trials", "3", "--storage", f"sqlite:///{db}"]
+        assert run_main([*args, "--workers", "1", "--quiet"]) == 0
+    fits = sorted((workdir / "reports").glob("*/fit.json"))
+    assert len(fits) == 2
+    storages = set()
+    for fit in fits:
+        origin = json.loads(fit.read_text())["provenance"]
+        storages.add(Path(origin["storage"].removeprefix("sqlite:///")).name)
+        assert origin["study"] == "smoke" and sum(origin["trials"].values()) >= 3
+        assert origin["space_fingerprint"] and origin["tool_version"] and origin["written"]
+        assert origin["storage"] in (fit.parent / "report.html").read_text()
+    assert storages == {"a.db", "b.db"}
