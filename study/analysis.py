@@ -43,6 +43,7 @@ __all__ = [
     "MIN_COMPLETE",
     "WINDOW_LOG2",
     "headline",
+    "in_plain_words",
     "Fit",
     "Point",
     "WidthEstimate",
@@ -336,3 +337,16 @@ def headline(fit: Fit, study_name: str) -> str:
         f"[{fit.alpha_low:.2f}, {fit.alpha_high:.2f}] ({conf}% bootstrap); lr* moves "
         f"{fit.shift_log2:+.2f} log2 units from width {first} to {last}"
     )
+
+
+def in_plain_words(fit: Fit) -> str:
+    """The fit in a sentence a reader takes in at once, e.g. "lr* falls about 8.8x from width
+    32 to 1024"; empty when there is no fit."""
+    if fit.alpha is None:
+        return ""
+    first, last = fit.used_widths[0], fit.used_widths[-1]
+    factor = 2.0 ** abs(fit.shift_log2)
+    if factor < 1.5:
+        return f"lr* stays within {factor:.2g}x from width {first} to {last}"
+    way = "falls" if fit.shift_log2 < 0 else "rises"
+    return f"lr* {way} about {factor:.2g}x from width {first} to {last}"

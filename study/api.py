@@ -27,7 +27,7 @@ import torch
 from study._console import Progress, count_trials, summary_table
 from study._errors import UserError, is_storage_full
 from study._version import git_commit
-from study.analysis import headline
+from study.analysis import headline, in_plain_words
 from study.builders import (
     build_pruner,
     build_sampler,
@@ -209,6 +209,8 @@ def run_study(
             (rep,) = make_report(study, out, storage)
             say("")
             say(headline(rep.fit, name))
+            if in_plain_words(rep.fit):
+                say(f"  {in_plain_words(rep.fit)}")
             if rep.fit.note:
                 say(f"  note: {rep.fit.note}")
             say(f"report:    {out}/report.html (figures and the note are in the dashboard too)")

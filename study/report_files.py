@@ -7,6 +7,7 @@ import csv
 import html
 import json
 import math
+import re
 import shlex
 import time
 import warnings
@@ -20,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study._errors import UserError
 from study._version import git_commit, tool_version
-from study.analysis import Fit, Point, analyze, headline, points_from_trials
+from study.analysis import Fit, Point, analyze, headline, in_plain_words, points_from_trials
 from study.importances import PendingImportances
 from study.names import COMMAND, LR, SPACE, SPACE_FINGERPRINT, WIDTH
 from study.urls import mask_text, mask_url
@@ -79,6 +80,11 @@ def analyse_study(study: optuna.Study, n_bootstrap: int = 1000) -> StudyReport:
     points = points_from_trials(trials)
     fit = analyze(points, widths, lr_range, n_bootstrap=n_bootstrap)
     return StudyReport(study, widths, lr_range, points, fit)
+
+
+def _short(x: float | None) -> str:
+    """A number as a reader reads it: 3 significant figures (the CSV files keep 6)."""
+    return "" if x is None else f"{x:.3g}"
 
 
 def _fmt(x: float | None) -> str:
@@ -177,25 +183,34 @@ def _best_curves(rep: StudyReport) -> dict[int, list[float]]:
     return curves
 
 
+def _md(text: str) -> str:
+    """``text`` as Markdown shows it as written (``lr*`` would open an emphasis)."""
+    return re.sub(r"([\\`*_|\[\]<>])", r"\\\1", text)
+
+
 def _note_markdown(rep: StudyReport, storage_url: str) -> str:
     fit = rep.fit
     lines = [
         "## How the optimal learning rate shifts with width",
         "",
-        f"**{headline(fit, rep.name)}**",
+        f"**{_md(in_plain_words(fit) or headline(fit, rep.name))}**",
+        "",
+        _md(headline(fit, rep.name)),
         "",
     ]
     if fit.note:
-        lines += [f"> {fit.note}", ""]
+        lines += [f"> {_md(fit.note)}", ""]
     lines += [
         "| width | lr* | interval | best loss | trials | complete | pruned | diverged | edge |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for e in fit.widths:
         interval = f"[{e.lr_low:.3g}, {e.lr_high:.3g}]" if e.lr_low is not None else "-"
+        lr_star = f"{e.lr_star:.3g}" if e.lr_star is not None else "-"
+        best = f"{e.best_value:.3g}" if e.best_value is not None else "-"
         lines.append(
-            f"| {e.width} | {_fmt(e.lr_star) or '-'} | {interval} | {_fmt(e.best_value) or '-'} "
-            f"| {e.trials} | {e.complete} | {e.pruned} | {e.diverged} | {e.edge or ''} |"
+            f"| {e.width} | {lr_star} | {interval} | {best} "
+            f"| {e.trials} | {e.complete} | {e.pruned} | {e.diverged} | {e.edge or 'no'} |"
         )
     space = rep.study.user_attrs.get(SPACE)
     # Masked again: a study stored by an older version may hold the password in its command.
@@ -278,15 +293,17 @@ def _html(
     tables = []
     for rep in reports:
         rows = "".join(
-            f"<tr><td>{e.width}</td><td>{_fmt(e.lr_star)}</td><td>{_fmt(e.lr_low)}</td>"
-            f"<td>{_fmt(e.lr_high)}</td><td>{_fmt(e.best_value)}</td><td>{e.trials}</td>"
+            f"<tr><td>{e.width}</td><td>{_short(e.lr_star)}</td><td>{_short(e.lr_low)}</td>"
+            f"<td>{_short(e.lr_high)}</td><td>{_short(e.best_value)}</td><td>{e.trials}</td>"
             f"<td>{e.complete}</td><td>{e.pruned}</td><td>{e.diverged}</td>"
             f"<td>{'yes' if e.at_edge else ''}</td><td>{html.escape(e.note)}</td></tr>"
             for e in rep.fit.widths
         )
         tables.append(
-            f"<h2>{html.escape(rep.name)}</h2><p><b>{html.escape(headline(rep.fit, rep.name))}"
-            f"</b></p><p>{html.escape(rep.fit.note)}</p><table><tr><th>width</th><th>lr*</th>"
+            f"<h2>{html.escape(rep.name)}</h2>"
+            f"<p><b>{html.escape(in_plain_words(rep.fit))}</b></p>"
+            f"<p>{html.escape(headline(rep.fit, rep.name))}</p>"
+            f"<p>{html.escape(rep.fit.note)}</p><table><tr><th>width</th><th>lr*</th>"
             "<th>low</th><th>high</th><th>best loss</th><th>trials</th><th>complete</th>"
             "<th>pruned</th><th>diverged</th><th>at edge</th><th>note</th></tr>"
             f"{rows}</table>"

@@ -107,3 +107,48 @@ def test_an_lr_star_past_its_bound_by_rounding_is_drawn(workdir: Path) -> None:
     (w8, _) = rep.fit.widths
     assert w8.lr_star == w8.lr_high  # on its bound, exactly, not past it
     assert (out / "loss_vs_lr.png").stat().st_size > 0
+
+
+def test_the_dashboards_note_reads_as_written_in_plain_words() -> None:
+    from study.analysis import in_plain_words
+    from study.report_files import _md, _note_markdown, analyse_study
+    from study.space import load_space
+
+    study = _study("random", 7)
+    space = load_space("smoke").to_dict()
+    space["model"]["widths"] = study.user_attrs["space"]["model"]["widths"]
+    study.set_user_attr("space", {**space, "lr": study.user_attrs["space"]["lr"]})
+    rep = analyse_study(study, n_bootstrap=50)
+    assert rep.fit.alpha is not None
+    note = _note_markdown(rep, "sqlite:///x.db")
+    words = in_plain_words(rep.fit)
+    assert words.startswith("lr* ") and ("x from width" in words)
+    assert f"**{words.replace('*', chr(92) + '*')}**" in note  # lr* shown as written, in bold
+    assert "lr\\*" in note  # no stray emphasis from the * of lr*
+    assert _md("mlp_digits: lr* | a`b") == "mlp\\_digits: lr\\* \\| a\\`b"
+    rows = [line for line in note.splitlines() if line.startswith("| ") and "---" not in line]
+    assert all(row.split("|")[-2].strip() in ("no", "low", "high") for row in rows[1:])
+    lr_cells = [row.split("|")[2].strip() for row in rows[1:]]
+    assert all(c == "-" or len(c.replace(".", "").lstrip("0").split("e")[0]) <= 3 for c in lr_cells)
+
+
+def test_the_plain_words_say_which_way_lr_star_moves() -> None:
+    from study.analysis import Fit, in_plain_words
+
+    def fit(shift: float) -> Fit:
+        return Fit(
+            widths=[],
+            alpha=0.6,
+            alpha_low=0.5,
+            alpha_high=0.7,
+            shift_log2=shift,
+            intercept_log2=0.0,
+            used_widths=[32, 1024],
+            note="",
+            settings={},
+            band=[],
+        )
+
+    assert in_plain_words(fit(-3.14)) == "lr* falls about 8.8x from width 32 to 1024"
+    assert in_plain_words(fit(1.0)) == "lr* rises about 2x from width 32 to 1024"
+    assert in_plain_words(fit(0.15)) == "lr* stays within 1.1x from width 32 to 1024"
