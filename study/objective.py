@@ -85,7 +85,7 @@ class Objective:
         ``lost``: failed meanwhile by another process, whose retry runs in its place)."""
 
         def on_epoch(ep: EpochResult) -> bool:
-            if not report(trial, ep.epoch, ep.val_loss, lost):
+            if not report(trial, ep.epoch, ep.shown_loss, lost):
                 return True
             return not ep.diverged and trial.should_prune()
 
@@ -106,7 +106,7 @@ class Objective:
         def on_epoch(members: list[int], eps: list[EpochResult]) -> list[bool]:
             live = [trials[m] for m in members]
             reported = [
-                report(t, ep.epoch, ep.val_loss, lost) for t, ep in zip(live, eps, strict=True)
+                report(t, ep.epoch, ep.shown_loss, lost) for t, ep in zip(live, eps, strict=True)
             ]
             return [
                 not ok or (not ep.diverged and t.should_prune())

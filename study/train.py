@@ -51,6 +51,17 @@ class EpochResult:
     val_accuracy: float
     lr: float  # the learning rate used during this epoch (after any schedule)
     diverged: bool
+    # The loss above which a run has diverged (divergence_factor x the initial loss).
+    limit: float = math.inf
+
+    @property
+    def shown_loss(self) -> float:
+        """The validation loss as a study stores it: at most ``limit``. A diverged epoch's loss
+        (800-1,800, NaN or inf) would flatten every other curve in the dashboard's plots; its
+        true value stays in the trial's attrs (``final_val_loss``)."""
+        if math.isnan(self.val_loss):
+            return self.limit
+        return min(self.val_loss, self.limit)
 
 
 @dataclass
@@ -283,7 +294,7 @@ def train(
         result.curve.append(val_loss)
         if not diverged and val_loss < result.best_val_loss:
             result.best_val_loss, result.best_epoch, result.val_accuracy = val_loss, epoch, val_acc
-        ep = EpochResult(epoch, train_loss, val_loss, val_acc, epoch_lr, diverged)
+        ep = EpochResult(epoch, train_loss, val_loss, val_acc, epoch_lr, diverged, limit)
         stop = on_epoch(ep) if on_epoch is not None else False
         result.callback_seconds += time.perf_counter() - t_callback
         if diverged:
