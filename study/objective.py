@@ -14,13 +14,18 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
 from study import _faults
 from study.data import Dataset, load_dataset
 from study.names import BEST_VAL_LOSS, DIVERGED, EPOCHS_RUN, LR, WIDTH
-from study.sampling import PerWidthPruner
+from study.sampling import PerWidthPruner, WidthStratifiedSampler
 from study.space import Space
 from study.train import EpochResult, TrainResult, train
 
@@ -57,6 +62,7 @@ class Objective:
         self.space = space
         self.device = device
         self._data: Dataset | None = None
+        self._width_dist: BaseDistribution | None = None
 
     @property
     def data(self) -> Dataset:
@@ -64,18 +70,35 @@ class Objective:
             self._data = load_dataset(self.space.dataset, self.space.seed, self.device)
         return self._data
 
-    def distributions(self) -> tuple[CategoricalDistribution, FloatDistribution]:
-        """The distributions of ``width`` and ``lr``."""
-        space = self.space
-        return (
-            CategoricalDistribution(list(space.model.widths)),
-            FloatDistribution(space.lr.low, space.lr.high, log=True),
-        )
+    def distributions(self, study: optuna.Study) -> tuple[BaseDistribution, FloatDistribution]:
+        """The distributions of ``width`` and ``lr`` that ``study``'s trials are stored with.
+
+        Width is an integer on a log scale that only ever takes the space's widths (the sampler
+        picks it): optuna-dashboard then orders it and draws it on a log axis. A study stored by
+        an earlier version, with width as a category, keeps that (Optuna refuses two kinds of
+        distribution for one name), and so does a study run by another sampler (a user's own
+        ``study.optimize``), which would pick integers between the widths.
+        """
+        if self._width_dist is None:
+            widths = self.space.model.widths
+            self._width_dist = IntDistribution(min(widths), max(widths), log=True)
+            if not isinstance(study.sampler, WidthStratifiedSampler):
+                self._width_dist = CategoricalDistribution(list(widths))
+            for t in study.get_trials(deepcopy=False):
+                if isinstance(t.distributions.get(WIDTH), CategoricalDistribution):
+                    self._width_dist = CategoricalDistribution(list(widths))
+                if WIDTH in t.distributions:
+                    break
+        lr = self.space.lr
+        return self._width_dist, FloatDistribution(lr.low, lr.high, log=True)
 
     def suggest(self, trial: optuna.Trial) -> tuple[int, float]:
         """The trial's width (first: the sampler balances widths on it) and lr."""
-        width_dist, lr_dist = self.distributions()  # the ones a new trial is stored with
-        width = trial.suggest_categorical(WIDTH, width_dist.choices)
+        width_dist, lr_dist = self.distributions(trial.study)  # as the study's trials have them
+        if isinstance(width_dist, CategoricalDistribution):
+            width = trial.suggest_categorical(WIDTH, width_dist.choices)
+        else:
+            width = trial.suggest_int(WIDTH, width_dist.low, width_dist.high, log=True)
         lr = trial.suggest_float(LR, lr_dist.low, lr_dist.high, log=lr_dist.log)
         return int(width), lr
 

@@ -262,7 +262,7 @@ def run_new_trials(
     slots = [t for t in trials if t.state in _SLOT_STATES]
     held = sum(t.params.get(WIDTH) == width for t in slots)
     n = max(1, min(k, share - held, target - len(slots)))
-    width_dist, lr_dist = objective.distributions()
+    width_dist, lr_dist = objective.distributions(study)
     new = [
         trial_template(
             {WIDTH: width},

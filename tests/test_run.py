@@ -419,3 +419,40 @@ def test_an_early_stopped_trial_completes_with_its_best_loss(workdir: Path) -> N
         assert t.state == TrialState.COMPLETE and t.value == min(curve)
         assert len(curve) == t.user_attrs["epochs_run"] == t.user_attrs["best_epoch"] + 2 < 40
         assert min(curve[-2:]) >= t.value  # two epochs without a better loss, then the stop
+
+
+def test_width_is_stored_as_an_integer_on_a_log_scale(workdir: Path) -> None:
+    """optuna-dashboard orders an integer parameter and can draw it on a log axis; it showed
+    the categorical width of earlier versions as unordered categories (64, 512, 32, ...)."""
+    assert _run("--space", "smoke", "--trials", "6", "--storage", "sqlite:///w.db") == 0
+    trials = load("sqlite:///w.db", "smoke").trials
+    assert {t.params["width"] for t in trials} <= {8, 16, 32}
+    for t in trials:
+        assert t.distributions["width"] == optuna.distributions.IntDistribution(8, 32, log=True)
+
+
+def test_a_study_stored_with_a_categorical_width_resumes_with_it(workdir: Path) -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from study.space import load_space
+
+    space = load_space("smoke")
+    study = optuna.create_study(study_name="smoke", storage="sqlite:///c.db")
+    study.set_user_attr("space_fingerprint", space.fingerprint())
+    study.set_user_attr("space", space.to_dict())
+    old = {
+        "width": CategoricalDistribution([8, 16, 32]),
+        "lr": FloatDistribution(1e-4, 1, log=True),
+    }
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"width": 16, "lr": 1e-2},
+            distributions=old,
+            value=0.5,
+            user_attrs={"best_val_loss": 0.5, "diverged": False, "epochs_run": 3},
+        )
+    )
+    assert _run("--trials", "5", "--storage", "sqlite:///c.db", "--study-name", "smoke") == 0
+    trials = load("sqlite:///c.db", "smoke").trials
+    assert sum(t.state.is_finished() for t in trials) == 5
+    assert all(t.distributions["width"] == old["width"] for t in trials)
