@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from study.names import BEST_VAL_LOSS, DIVERGED, LR, WIDTH
@@ -46,6 +47,7 @@ __all__ = [
     "in_plain_words",
     "Fit",
     "Point",
+    "StudyReport",
     "WidthEstimate",
     "analyze",
     "estimate_lr_star",
@@ -350,3 +352,18 @@ def in_plain_words(fit: Fit) -> str:
         return f"lr* stays within {factor:.2g}x from width {first} to {last}"
     way = "falls" if fit.shift_log2 < 0 else "rises"
     return f"lr* {way} about {factor:.2g}x from width {first} to {last}"
+
+
+@dataclass
+class StudyReport:
+    """One study, analysed: what the files and figures are made from."""
+
+    study: optuna.Study
+    widths: list[int]
+    lr_range: tuple[float, float]
+    points: list[Point]
+    fit: Fit
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name

@@ -19,9 +19,9 @@ import optuna
 
 from study._cli import command_parser
 from study._errors import UserError
-from study.analysis import headline
+from study.analysis import StudyReport, headline
 from study.importances import PendingImportances, importances_of
-from study.report_files import DASHBOARD_FIGURE_ID, StudyReport, analyse_study, write_report
+from study.report_files import DASHBOARD_FIGURE_ID, analyse_study, write_report
 from study.storage import DEFAULT_STORAGE, open_storage
 from study.urls import dashboard_url, mask_url, require_existing
 

@@ -7,12 +7,8 @@ import csv
 import html
 import json
 import math
-import re
-import shlex
-import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,37 +16,22 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from study._errors import UserError
-from study._version import git_commit, tool_version
-from study.analysis import Fit, Point, analyze, headline, in_plain_words, points_from_trials
+from study.analysis import (
+    Fit,
+    StudyReport,
+    analyze,
+    headline,
+    in_plain_words,
+    points_from_trials,
+)
 from study.importances import PendingImportances
-from study.names import COMMAND, LR, SPACE, SPACE_FINGERPRINT, WIDTH
-from study.urls import mask_text, mask_url
+from study.names import LR, SPACE, WIDTH
+from study.report_note import note_markdown, provenance, provenance_html
 
-__all__ = [
-    "DASHBOARD_FIGURE_ID",
-    "StudyReport",
-    "analyse_study",
-    "provenance",
-    "write_report",
-]
+__all__ = ["DASHBOARD_FIGURE_ID", "analyse_study", "write_report"]
 
 
 DASHBOARD_FIGURE_ID = "lr_star_vs_width"
-
-
-@dataclass
-class StudyReport:
-    """One study, analysed: what the files and figures are made from."""
-
-    study: optuna.Study
-    widths: list[int]
-    lr_range: tuple[float, float]
-    points: list[Point]
-    fit: Fit
-
-    @property
-    def name(self) -> str:
-        return self.study.study_name
 
 
 def _space_of(
@@ -183,97 +164,6 @@ def _best_curves(rep: StudyReport) -> dict[int, list[float]]:
     return curves
 
 
-def _md(text: str) -> str:
-    """``text`` as Markdown shows it as written (``lr*`` would open an emphasis)."""
-    return re.sub(r"([\\`*_|\[\]<>])", r"\\\1", text)
-
-
-def _note_markdown(rep: StudyReport, storage_url: str) -> str:
-    fit = rep.fit
-    lines = [
-        "## How the optimal learning rate shifts with width",
-        "",
-        f"**{_md(in_plain_words(fit) or headline(fit, rep.name))}**",
-        "",
-        _md(headline(fit, rep.name)),
-        "",
-    ]
-    if fit.note:
-        lines += [f"> {_md(fit.note)}", ""]
-    lines += [
-        "| width | lr* | interval | best loss | trials | complete | pruned | diverged | edge |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for e in fit.widths:
-        interval = f"[{e.lr_low:.3g}, {e.lr_high:.3g}]" if e.lr_low is not None else "-"
-        lr_star = f"{e.lr_star:.3g}" if e.lr_star is not None else "-"
-        best = f"{e.best_value:.3g}" if e.best_value is not None else "-"
-        lines.append(
-            f"| {e.width} | {lr_star} | {interval} | {best} "
-            f"| {e.trials} | {e.complete} | {e.pruned} | {e.diverged} | {e.edge or 'no'} |"
-        )
-    space = rep.study.user_attrs.get(SPACE)
-    # Masked again: a study stored by an older version may hold the password in its command.
-    command = mask_text(rep.study.user_attrs.get(COMMAND, "python -m study.run ..."))
-    lines += [
-        "",
-        "Method: " + fit.settings.get("estimator", "") + "; pruned and diverged trials "
-        "are counted but not fitted.",
-        "",
-        "Reproduce:",
-        "```",
-        command,
-        shlex.join(
-            ["python", "-m", "study.report", "--storage", mask_url(storage_url)]
-            + ["--study-name", rep.name]
-        ),
-        "```",
-    ]
-    if space:
-        lines += [
-            "",
-            f"Space fingerprint `{rep.study.user_attrs.get('space_fingerprint', '')}`: "
-            f"widths {space['model']['widths']}, "
-            f"lr {space['lr']['low']:g}..{space['lr']['high']:g}, "
-            f"{space['optimizer']['name']}, {space['training']['epochs']} epochs"
-            + (
-                f", matmul precision {precision}."
-                if (precision := space["training"].get("matmul_precision", "highest")) != "highest"
-                else "."
-            ),
-        ]
-    return "\n".join(lines)
-
-
-def provenance(rep: StudyReport, storage_url: str) -> dict[str, Any]:
-    """Where a report comes from: its storage (password masked), study, trials by state, space
-    fingerprint, when it was written and by which version of the tool (and git commit)."""
-    states = [t.state.name.lower() for t in rep.study.get_trials(deepcopy=False)]
-    return {
-        "storage": mask_url(storage_url),
-        "study": rep.name,
-        "trials": {s: states.count(s) for s in sorted(set(states))},
-        "space_fingerprint": rep.study.user_attrs.get(SPACE_FINGERPRINT),
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "tool_version": tool_version(),
-        "git_commit": git_commit(),
-    }
-
-
-def _provenance_html(p: dict[str, Any]) -> str:
-    trials = ", ".join(f"{n} {s}" for s, n in p["trials"].items())
-    parts = [
-        f"storage {p['storage']}",
-        f"study {p['study']}",
-        f"trials: {trials}",
-        f"space {p['space_fingerprint'] or '(none stored)'}",
-        f"written {p['written']}",
-        f"width-lr-study {p['tool_version']}"
-        + (f" (commit {p['git_commit'][:12]})" if p["git_commit"] else ""),
-    ]
-    return "<p class='provenance'>" + html.escape(" · ".join(parts)) + "</p>"
-
-
 def _html(
     reports: Sequence[StudyReport],
     figures: list[tuple[str, Any]],
@@ -318,7 +208,7 @@ def _html(
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
         "text-align:right}</style></head><body>"
         "<h1>How does width change the optimal learning rate?</h1>"
-        + (_provenance_html(origin) if origin else "")
+        + (provenance_html(origin) if origin else "")
         + "".join(tables)
         + "".join(parts)
         + "</body></html>"
@@ -386,7 +276,7 @@ def write_report(
     if dashboard:
         from study.dashboard import save_to_dashboard
 
-        note = _note_markdown(rep, storage_url)
+        note = note_markdown(rep, storage_url)
         save_to_dashboard(rep.study, lr_fig, DASHBOARD_FIGURE_ID, note)
     # Last, the figures that wait for the importances: the PNGs' last, then the page's.
     written += figures.save_png_figures(out, panels, _best_curves(rep), importances.result)

@@ -111,7 +111,8 @@ def test_an_lr_star_past_its_bound_by_rounding_is_drawn(workdir: Path) -> None:
 
 def test_the_dashboards_note_reads_as_written_in_plain_words() -> None:
     from study.analysis import in_plain_words
-    from study.report_files import _md, _note_markdown, analyse_study
+    from study.report_files import analyse_study
+    from study.report_note import _md, note_markdown
     from study.space import load_space
 
     study = _study("random", 7)
@@ -120,7 +121,7 @@ def test_the_dashboards_note_reads_as_written_in_plain_words() -> None:
     study.set_user_attr("space", {**space, "lr": study.user_attrs["space"]["lr"]})
     rep = analyse_study(study, n_bootstrap=50)
     assert rep.fit.alpha is not None
-    note = _note_markdown(rep, "sqlite:///x.db")
+    note = note_markdown(rep, "sqlite:///x.db")
     words = in_plain_words(rep.fit)
     assert words.startswith("lr* ") and ("x from width" in words)
     assert f"**{words.replace('*', chr(92) + '*')}**" in note  # lr* shown as written, in bold
