@@ -331,7 +331,9 @@ def create_or_load_study(
 def _store_space(study: optuna.Study, space: Space, metadata: dict[str, Any]) -> None:
     """The study's space, its fingerprint and the run's metadata, as its user attrs. The space
     comes last: a study holds it only once everything else is stored."""
-    study.set_metric_names([METRIC])  # what optuna-dashboard names the value ("Objective 0")
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2: a user has no use for it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC])  # what optuna-dashboard names the value ("Objective 0")
     study.set_user_attr(SPACE_FINGERPRINT, space.fingerprint())
     for key, value in metadata.items():
         study.set_user_attr(key, value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from pathlib import Path
 
 import optuna
@@ -63,7 +64,9 @@ def test_smoke_study_runs_end_to_end_and_records_each_trial(workdir: Path) -> No
     assert attrs["space"]["model"]["widths"] == [8, 16, 32]
     assert len(attrs["space_fingerprint"]) == 16 and attrs["seed"] == 0
     assert "--trials 9" in attrs["command"] and attrs["versions"]["optuna"] == optuna.__version__
-    assert study.metric_names == ["validation loss"]  # not "Objective 0" in the dashboard
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        assert study.metric_names == ["validation loss"]  # not "Objective 0" in the dashboard
 
 
 def test_the_report_of_a_study_too_small_for_any_lr_star_is_written(workdir: Path) -> None:
