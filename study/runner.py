@@ -196,11 +196,27 @@ def _tell(study: optuna.Study, ends: list[TrialEnd], lost: set[int]) -> list[Tri
     return [None if e.trial._trial_id in lost else e.state for e in ends]
 
 
+# How often failing a trial is tried again when SQLite says "database is locked" at once.
+FAIL_RETRIES = 5
+
+
 def _fail_all(study: optuna.Study, trials: list[optuna.Trial]) -> None:
-    """Fail every trial not finished yet (what it reported is stored already)."""
+    """Fail every trial not finished yet (what it reported is stored already).
+
+    After Ctrl-C every worker fails its trials at the same moment, and SQLite may refuse one
+    of those writes at once, "database is locked" (once in about 15 runs of CI's Ctrl-C test with
+    two workers, under load); it is tried again, a little later each time.
+    """
     with Deferred():  # a second Ctrl-C must not leave a trial RUNNING
         for trial in trials:
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            for attempt in range(FAIL_RETRIES + 1):
+                try:
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    break
+                except optuna.exceptions.StorageInternalError as e:
+                    if attempt == FAIL_RETRIES or "database is locked" not in repr(e.__cause__):
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
 
 
 def run_one_trial(study: optuna.Study, objective: Objective, target: int) -> TrialState | None:

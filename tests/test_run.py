@@ -459,3 +459,33 @@ def test_a_study_stored_with_a_categorical_width_resumes_with_it(workdir: Path) 
     trials = load("sqlite:///c.db", "smoke").trials
     assert sum(t.state.is_finished() for t in trials) == 5
     assert all(t.distributions["width"] == old["width"] for t in trials)
+
+
+def test_failing_a_trial_is_tried_again_when_sqlite_says_locked(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After Ctrl-C every worker fails its trial at once; SQLite refused one such write at once
+    with "database is locked" in CI. The write is tried again."""
+    import sqlalchemy
+
+    from study import runner
+    from study.storage import open_storage
+
+    study = optuna.create_study(study_name="l", storage=open_storage("sqlite:///l.db"))
+    trial = study.ask()
+    real, refusals = study.tell, [2]
+
+    def locked_twice(*args: object, **kwargs: object) -> object:
+        if refusals[0]:
+            refusals[0] -= 1
+            locked = sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+            raise optuna.exceptions.StorageInternalError("commit failed") from locked
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study, "tell", locked_twice)
+    monkeypatch.setattr(runner, "FAIL_RETRIES", 2)
+    runner._fail_all(study, [trial])
+    assert load("sqlite:///l.db", "l").trials[0].state == TrialState.FAIL
+    refusals[0] = 3  # more refusals than tries: the error goes up
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        runner._fail_all(study, [study.ask()])
