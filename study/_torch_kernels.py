@@ -1,8 +1,7 @@
 """The private torch kernels the training loop uses, each with torch's public API as fallback.
 
-Kept because they buy a real share of the default study's time on CPU (measured: the default
-study under ``STUDY_PUBLIC_TORCH=1`` took 1.11x and 1.18x as long in two of three alternating
-pairs on the AMD EPYC machine, 0.89x in the third; see docs/speed.md). Each is checked against
+Kept because they buy more than 5% of the default study's time on CPU (docs/speed.md, "Private
+torch kernels", has the measurement and its command). Each is checked against
 the public path it replaces (tests/test_train.py): the same numbers, bit for bit or to float
 rounding. ``STUDY_PUBLIC_TORCH=1`` (or :data:`PRIVATE_KERNELS` set False) runs the public path
 everywhere: ``torch.optim`` with ``fused=True``, autograd, and the stack's unfused Adam.

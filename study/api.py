@@ -209,8 +209,8 @@ def run_study(
             (rep,) = make_report(study, out, storage)
             say("")
             say(headline(rep.fit, name))
-            if in_plain_words(rep.fit):
-                say(f"  {in_plain_words(rep.fit)}")
+            if words := in_plain_words(rep.fit):
+                say(f"  {words}")
             if rep.fit.note:
                 say(f"  note: {rep.fit.note}")
             say(f"report:    {out}/report.html (figures and the note are in the dashboard too)")

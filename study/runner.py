@@ -204,8 +204,8 @@ def _fail_all(study: optuna.Study, trials: list[optuna.Trial]) -> None:
     """Fail every trial not finished yet (what it reported is stored already).
 
     After Ctrl-C every worker fails its trials at the same moment, and SQLite may refuse one
-    of those writes at once, "database is locked" (once in about 15 runs of CI's Ctrl-C test with
-    two workers, under load); it is tried again, a little later each time.
+    of those writes at once, "database is locked" (seen once in CI's Ctrl-C test with two
+    workers, under load); it is tried again, a little later each time.
     """
     with Deferred():  # a second Ctrl-C must not leave a trial RUNNING
         for trial in trials:
