@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -75,6 +76,7 @@ class Progress:
         self._start = time.monotonic()
         self._first_done: int | None = None
         self._last_print = -math.inf
+        self.extra: Callable[[], str] | None = None  # e.g. the live answer (study.live)
 
     def update(self, counts: Counts, final: bool = False) -> None:
         if self.quiet:
@@ -98,6 +100,8 @@ class Progress:
             f"(diverged {counts.diverged}) | best {best} | {_duration(elapsed)} elapsed, "
             f"{left} left"
         )
+        if self.extra is not None and (more := self.extra()):
+            line += f" | {more}"
         if self.tty:
             self.stream.write("\r" + line + ("\n" if final else ""))
             self.stream.flush()

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import shlex
 import time
@@ -37,6 +38,7 @@ from study.builders import (
     run_seed,
 )
 from study.cost import check_memory
+from study.live import LiveAnswer, look
 from study.names import COMMAND
 from study.objective import Objective
 from study.report import StudyReport, default_report_dir, make_report
@@ -80,6 +82,7 @@ class RunResult:
 def run_study(
     space: str | None = None,
     trials: int = 200,
+    until_ci: float | None = None,
     storage: str = DEFAULT_STORAGE,
     study_name: str | None = None,
     device: str = "auto",
@@ -99,6 +102,8 @@ def run_study(
         space: a shipped space's name or a ``.toml`` path; None: the study's own space when it
             exists (so the same call resumes it), else ``mlp_digits``.
         trials: the total of finished (complete + pruned) trials the study should hold.
+        until_ci: stop before ``trials`` as soon as alpha's 95% interval is at most this wide
+            and every width has an estimate inside its lr range (:mod:`study.live`).
         storage: any SQLAlchemy URL; a SQLite file is made if missing.
         study_name: default: the space's name.
         device: "auto" (a GPU when there is one), "cpu" or "cuda".
@@ -126,6 +131,8 @@ def run_study(
             running are failed and retried by the next run).
     """
     _check_counts(trials, workers, stack, threads, heartbeat_s)
+    if until_ci is not None and not (0 < until_ci < math.inf):
+        raise UserError(f"--until-ci must be a positive width of alpha's interval, got {until_ci}")
     if study_name is not None and not study_name.strip():
         raise UserError("--study-name must not be empty (leave it out for the space's name)")
     # Optuna logs every trial (and a traceback for an interrupted one); the progress line and
@@ -173,29 +180,24 @@ def run_study(
             )
         say(f"dashboard: optuna-dashboard {dashboard_url(storage)}")
         say(f"resume:    {shlex.join(resume)}")
+        cfg = WorkerConfig(
+            loaded.to_dict(),
+            storage,
+            name,
+            trials,
+            device,
+            threads,
+            heartbeat_s,
+            worker=0,
+            stack=stack,
+            stack_max_width=stack_max_width or default_stack_max_width(where, loaded.model.widths),
+            until_ci=until_ci,
+        )
         try:
-            status = _train(
-                study,
-                loaded,
-                where,
-                trials,
-                say,
-                quiet,
-                WorkerConfig(
-                    loaded.to_dict(),
-                    storage,
-                    name,
-                    trials,
-                    device,
-                    threads,
-                    heartbeat_s,
-                    worker=0,
-                    stack=stack,
-                    stack_max_width=stack_max_width
-                    or default_stack_max_width(where, loaded.model.widths),
-                ),
-                workers,
-            )
+            while True:
+                status = _train(study, loaded, where, say, quiet, cfg, workers, report)
+                if until_ci is None or status != 0 or not _goes_on(study, cfg, say):
+                    break
         except Exception as e:
             if not is_storage_full(e):
                 raise
@@ -222,17 +224,42 @@ def run_study(
         rdb.engine.dispose()
 
 
+def _goes_on(study: optuna.Study, cfg: WorkerConfig, say: Callable[..., Any]) -> bool:
+    """After a run with ``--until-ci``: say why it stopped; True when it must go on (the trials
+    that finished after the live answer settled widened the interval again)."""
+    assert cfg.until_ci is not None
+    answer = look(study, cfg.storage, dashboard=False)  # also stores it for the workers
+    finished = count_trials(study.get_trials(deepcopy=False)).finished
+    if answer is not None and answer.settles(cfg.until_ci):
+        say(
+            f"stopped:   the answer settled at {finished} trials: {answer.describe()} "
+            f"(--until-ci {cfg.until_ci:g}), every width inside its lr range"
+        )
+        return False
+    why = answer.why_not(cfg.until_ci) if answer is not None else "no finished trials"
+    if finished >= cfg.target:
+        say(f"stopped:   reached --trials {cfg.target} before the answer settled: {why}")
+        return False
+    say(f"going on:  {why}")
+    return True
+
+
 def _train(
     study: optuna.Study,
     space: Space,
     device: torch.device,
-    target: int,
     say: Callable[..., Any],
     quiet: bool,
     cfg: WorkerConfig,
     workers: int | None,
+    live: bool = True,
 ) -> int:
-    """Train to the target in this process and any workers; the summary. Returns the status."""
+    """Train to the target in this process and any workers; the summary. Returns the status.
+
+    ``live``: a second process analyses the study as trials finish, for the dashboard's note
+    and the progress line (:mod:`study.live`); always with ``--until-ci``, which it decides.
+    """
+    target = cfg.target
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     finished = count_trials(study.get_trials(deepcopy=False)).finished
@@ -240,7 +267,11 @@ def _train(
         workers = default_workers(device, cfg.threads, target - finished)
     progress = Progress(target, quiet=quiet)
     status = 0
+    watch = None
     try:
+        if finished < target and (live or cfg.until_ci is not None):
+            watch = LiveAnswer(cfg.storage, study.study_name, dashboard=live, target=target)
+            progress.extra = watch.describe
         if finished >= target:  # the same command again after the study ended
             say(
                 f"workers:   none: {finished} trials are finished, the target is {target}"
@@ -256,6 +287,7 @@ def _train(
                 progress,
                 stack=cfg.stack,
                 stack_max_width=cfg.stack_max_width,
+                until_ci=cfg.until_ci,
             )
         else:
             configs = [dataclasses.replace(cfg, worker=i) for i in range(workers)]
@@ -265,6 +297,9 @@ def _train(
             )
     except KeyboardInterrupt:
         status = 130
+    finally:
+        if watch is not None:
+            watch.close()
     if status == 130:
         say("\ninterrupted: the study is stored; run the resume command to continue")
     trials = study.get_trials(deepcopy=False)

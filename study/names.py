@@ -37,3 +37,6 @@ METRIC = "validation loss"
 SPACE = "space"  # the full space (Space.to_dict()): what a resume runs on
 SPACE_FINGERPRINT = "space_fingerprint"
 COMMAND = "command"  # the command line that made it, passwords masked
+# The scaling fit as it stands while the study runs (study.live.Answer as a dict): workers read
+# it to stop once the answer is good enough (--until-ci).
+ANSWER = "answer_so_far"

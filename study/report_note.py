@@ -22,11 +22,24 @@ def _md(text: str) -> str:
     return re.sub(r"([\\`*_|\[\]<>])", r"\\\1", text)
 
 
-def note_markdown(rep: StudyReport, storage_url: str) -> str:
+def note_markdown(
+    rep: StudyReport, storage_url: str, live: tuple[int, int | None] | None = None
+) -> str:
+    """The note for optuna-dashboard. ``live``: (finished, target) while the study runs."""
     fit = rep.fit
     lines = [
         "## How the optimal learning rate shifts with width",
         "",
+    ]
+    if live is not None:
+        finished, target = live
+        of = f" of {target}" if target else ""
+        lines += [
+            f"*So far, from {finished}{of} finished trials while the study runs "
+            f"(updated {time.strftime('%H:%M:%S')}); the report at the end replaces it.*",
+            "",
+        ]
+    lines += [
         f"**{_md(in_plain_words(fit) or headline(fit, rep.name))}**",
         "",
         _md(headline(fit, rep.name)),

@@ -30,7 +30,20 @@ def _parser() -> argparse.ArgumentParser:
         help=f"shipped space name or .toml path (default: the study's own space when the study "
         f"exists, else {DEFAULT_SPACE})",
     )
-    p.add_argument("--trials", type=int, default=200, help="total trials the study should hold")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=200,
+        help="total trials the study should hold (with --until-ci: at most)",
+    )
+    p.add_argument(
+        "--until-ci",
+        type=float,
+        default=None,
+        metavar="W",
+        help="stop as soon as alpha's 95%% interval is at most W wide and every width has an "
+        "estimate inside its lr range, e.g. 0.3 (default: run all --trials)",
+    )
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the storage")
     p.add_argument("--study-name", default=None, help="the study's name (default: the space's)")
     p.add_argument(
@@ -90,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_study(
             space=args.space,
             trials=args.trials,
+            until_ci=args.until_ci,
             storage=args.storage,
             study_name=args.study_name,
             device=args.device,

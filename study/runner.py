@@ -38,6 +38,7 @@ from study._optuna_fixes import (
 from study.builders import (
     CPU_STACK_MAX_WIDTH,
 )
+from study.live import settled
 from study.names import LR, SURPLUS, WIDTH, WORKER
 from study.objective import (
     Objective,
@@ -351,8 +352,10 @@ def run_trials(
     stop: Callable[[], bool] = lambda: False,
     stack: int = 1,
     stack_max_width: int = CPU_STACK_MAX_WIDTH,
+    until_ci: float | None = None,
 ) -> None:
-    """Run trials until the study holds ``target`` finished (COMPLETE + PRUNED) trials.
+    """Run trials until the study holds ``target`` finished (COMPLETE + PRUNED) trials, or
+    with ``until_ci``, until the live answer settles (:func:`study.live.settled`).
 
     When the slots left are all held by RUNNING trials of other processes, this waits for them
     to finish or for their heartbeat to go stale (then they are failed, queued again, and run).
@@ -360,7 +363,7 @@ def run_trials(
     of widths up to ``stack_max_width`` are trained ``stack`` at a time (where stacking wins).
     """
     sampler = study.sampler
-    while not stop():
+    while not stop() and not settled(study, until_ci):
         fail_stale(study)  # may queue retries, which the read below then sees
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)  # one read
         counts = count_trials(trials)

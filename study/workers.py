@@ -60,6 +60,7 @@ class WorkerConfig:
     worker: int  # 0..N-1: makes each worker's sampler seed differ
     stack: int = 1
     stack_max_width: int = CPU_STACK_MAX_WIDTH
+    until_ci: float | None = None  # stop once the live answer settles (study.live)
 
 
 def quiet_sqlalchemy_log() -> None:
@@ -149,6 +150,7 @@ def _work(cfg: WorkerConfig, parent_pid: int) -> None:
             stop=lambda: os.getppid() != parent_pid,
             stack=cfg.stack,
             stack_max_width=cfg.stack_max_width,
+            until_ci=cfg.until_ci,
         )
     except KeyboardInterrupt:
         sys.exit(130)
@@ -230,6 +232,7 @@ def run_workers(
                 stop=check,
                 stack=cfg.stack,
                 stack_max_width=cfg.stack_max_width,
+                until_ci=cfg.until_ci,
             )
         while any(p.is_alive() for p in procs):
             progress.update(count_trials(study.get_trials(deepcopy=False)))

@@ -1,0 +1,217 @@
+"""The answer while the study runs: a second process analyses the finished trials as they come.
+
+Each time more trials have finished (at most every :data:`LIVE_EVERY_S`), the process reads
+the study, runs the report's own analysis on it, saves the note and the lr* figure into the
+study for optuna-dashboard (so the dashboard shows a fit from the first estimates on, not only
+at the end), stores the answer so far as the study's ``answer_so_far`` user attribute, and sends
+it to the run for its progress line. Workers read that attribute before each trial to stop
+once the answer is good enough (``--until-ci``; :meth:`Answer.settles`).
+
+The analysis is the report's, with its bootstrap (1000 replicates, seed 0): on the same trials
+the live answer and the report's agree exactly. It takes 0.1-0.4 s of one core per look on the
+default study; the process sleeps between looks and never writes a trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+import optuna
+from optuna.trial import TrialState
+
+from study.analysis import Fit
+from study.names import ANSWER
+
+__all__ = ["LIVE_EVERY_S", "Answer", "LiveAnswer", "answer_of", "look", "settled", "stored_answer"]
+
+# Shortest time between two looks at the study (each look that finds new finished trials runs
+# the analysis; one that finds none costs one read).
+LIVE_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The scaling fit as it stands after ``finished`` trials."""
+
+    finished: int
+    alpha: float | None
+    alpha_low: float | None
+    alpha_high: float | None
+    unsettled: list[int] = field(default_factory=list)  # widths with no estimate, or at an edge
+
+    @property
+    def ci_width(self) -> float | None:
+        if self.alpha_low is None or self.alpha_high is None:
+            return None
+        return self.alpha_high - self.alpha_low
+
+    def settles(self, until_ci: float) -> bool:
+        """Good enough to stop: alpha's interval at most ``until_ci`` wide and every width with
+        an estimate inside its lr range (none missing, none at an edge)."""
+        width = self.ci_width
+        return width is not None and width <= until_ci and not self.unsettled
+
+    def describe(self) -> str:
+        """For the progress line, e.g. "alpha 0.66 [0.48, 0.74] 0.26 wide"."""
+        if self.alpha is None:
+            return "alpha -"
+        return (
+            f"alpha {self.alpha:.2f} [{self.alpha_low:.2f}, {self.alpha_high:.2f}] "
+            f"{self.ci_width:.2f} wide"
+        )
+
+    def why_not(self, until_ci: float) -> str:
+        """What keeps this answer from settling at ``until_ci`` (empty when it settles)."""
+        reasons = []
+        width = self.ci_width
+        if width is None:
+            reasons.append("no scaling fit yet")
+        elif width > until_ci:
+            reasons.append(f"alpha's interval is {width:.2f} wide (> {until_ci:g})")
+        if self.unsettled:
+            reasons.append(f"widths {self.unsettled} have no estimate or one at an edge")
+        return "; ".join(reasons)
+
+
+def answer_of(fit: Fit, finished: int) -> Answer:
+    return Answer(
+        finished,
+        fit.alpha,
+        fit.alpha_low,
+        fit.alpha_high,
+        [e.width for e in fit.widths if e.lr_star is None or e.at_edge],
+    )
+
+
+def stored_answer(study: optuna.Study) -> Answer | None:
+    """The answer the live process stored last (None before its first look)."""
+    raw = study.user_attrs.get(ANSWER)
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return Answer(**raw)
+    except TypeError:  # stored by another version
+        return None
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def look(
+    study: optuna.Study, storage_url: str, dashboard: bool = True, target: int | None = None
+) -> Answer | None:
+    """Analyse the study as it stands: store the answer, and the note and figure when
+    ``dashboard``. None while it has no finished trial."""
+    from study._errors import UserError
+    from study.report_files import DASHBOARD_FIGURE_ID, analyse_study
+
+    finished = _finished(study)
+    try:
+        rep = analyse_study(study)
+    except UserError:  # nothing finished yet
+        return None
+    answer = answer_of(rep.fit, finished)
+    study.set_user_attr(ANSWER, asdict(answer))
+    if dashboard:
+        from study import figures_plotly
+        from study.dashboard import save_to_dashboard
+        from study.report_note import note_markdown
+
+        note = note_markdown(rep, storage_url, live=(finished, target))
+        panels = [(rep.name, rep.points, rep.fit, rep.lr_range)]
+        save_to_dashboard(study, figures_plotly.plotly_lr_star(panels), DASHBOARD_FIGURE_ID, note)
+    return answer
+
+
+def _live_main(
+    storage_url: str, study_name: str, conn: Connection, dashboard: bool, target: int | None
+) -> None:
+    """The second process: look at the study whenever more trials have finished; stop when the
+    run says so or its end of the pipe closes (the run died)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run handles Ctrl-C and stops this
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    from study.storage import open_storage
+
+    storage = open_storage(storage_url, heartbeat_s=None, validated=True)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    seen = -1
+    try:
+        while True:
+            started = time.monotonic()
+            finished = _finished(study)
+            if finished != seen:
+                seen = finished
+                answer = look(study, storage_url, dashboard, target)
+                if answer is not None:
+                    conn.send(answer)
+            if conn.poll(max(0.0, LIVE_EVERY_S - (time.monotonic() - started))):
+                conn.recv()  # the run's "stop" (or EOFError: the run is gone)
+                return
+    except (EOFError, BrokenPipeError, OSError):
+        return
+    finally:
+        storage.engine.dispose()
+
+
+class LiveAnswer:
+    """Starts the second process; :meth:`latest` is its newest answer, :meth:`close` stops it
+    (after the look it is making, so that nothing it saves lands after the run's report)."""
+
+    def __init__(
+        self,
+        storage_url: str,
+        study_name: str,
+        dashboard: bool = True,
+        target: int | None = None,
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")  # this process may hold torch's threads
+        self._conn, child = ctx.Pipe()
+        self._proc: BaseProcess | None = ctx.Process(
+            target=_live_main, args=(storage_url, study_name, child, dashboard, target), daemon=True
+        )
+        self._proc.start()
+        child.close()
+        self._latest: Answer | None = None
+
+    def latest(self) -> Answer | None:
+        with contextlib.suppress(EOFError, OSError):
+            while self._conn.poll():
+                self._latest = self._conn.recv()
+        return self._latest
+
+    def describe(self) -> str:
+        answer = self.latest()
+        return answer.describe() if answer is not None else ""
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(OSError):
+            self._conn.send("stop")
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+        self._proc = None
+        self._conn.close()
+
+    def __enter__(self) -> LiveAnswer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def settled(study: optuna.Study, until_ci: float | None) -> bool:
+    """Whether the stored answer settles at ``until_ci`` (a worker asks before each trial)."""
+    if until_ci is None:
+        return False
+    answer = stored_answer(study)
+    return answer is not None and answer.settles(until_ci)
