@@ -6,6 +6,7 @@ passes between two looks at the storage. It names the point instead, before star
     STUDY_FAULT=kill@3          the first process to store a trial's epoch 3 kills itself (SIGKILL)
     STUDY_FAULT=stop@3          ... stops itself (SIGSTOP) until sent SIGCONT or SIGKILL
     STUDY_FAULT=kill@3:worker   only a worker process started by the run takes the fault
+    STUDY_FAULT=stop@2#12       only a trial numbered 12 or more takes it (after 12 trials)
     STUDY_FAULT_TOKEN=PATH      required with STUDY_FAULT: the first process to create PATH takes
                                 the fault, every other one goes on
 
@@ -34,6 +35,7 @@ class Fault:
     epoch: int  # 1-based, as EpochResult.epoch
     worker_only: bool
     token: str
+    from_trial: int = 0  # trials numbered lower never take it
 
 
 def parse(spec: str | None, token: str | None) -> Fault | None:
@@ -45,12 +47,21 @@ def parse(spec: str | None, token: str | None) -> Fault | None:
     if not spec:
         return None
     action, _, rest = spec.partition("@")
-    epoch, _, who = rest.partition(":")
-    if action not in _SIGNALS or not epoch.isdigit() or int(epoch) < 1 or who not in ("", "worker"):
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected kill@EPOCH or stop@EPOCH[:worker]")
+    at, _, who = rest.partition(":")
+    epoch, _, first = at.partition("#")
+    if (
+        action not in _SIGNALS
+        or not epoch.isdigit()
+        or int(epoch) < 1
+        or who not in ("", "worker")
+        or not (first.isdigit() or first == "")
+    ):
+        raise ValueError(
+            f"{FAULT_ENV}={spec!r}: expected kill@EPOCH or stop@EPOCH[#TRIAL][:worker]"
+        )
     if not token:
         raise ValueError(f"{FAULT_ENV} needs {TOKEN_ENV}, the file that says who took the fault")
-    return Fault(_SIGNALS[action], int(epoch), who == "worker", token)
+    return Fault(_SIGNALS[action], int(epoch), who == "worker", token, int(first or 0))
 
 
 _fault = parse(os.environ.get(FAULT_ENV), os.environ.get(TOKEN_ENV))
@@ -67,7 +78,12 @@ def at_epoch(trial_number: int, epoch: int) -> None:
     """Take the fault if this is its epoch (the epoch's value is stored) and no other process
     took it: say who takes it in the token file, then signal this process."""
     f = _fault
-    if f is None or epoch != f.epoch or (f.worker_only and not _in_worker):
+    if (
+        f is None
+        or epoch != f.epoch
+        or trial_number < f.from_trial
+        or (f.worker_only and not _in_worker)
+    ):
         return
     try:
         fd = os.open(f.token, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -136,3 +136,60 @@ def postgres_url() -> str:
             pytest.fail("REQUIRE_POSTGRES is set but STUDY_TEST_POSTGRES_URL is not")
         pytest.skip("no PostgreSQL server: set STUDY_TEST_POSTGRES_URL (.ci/run starts one)")
     return url
+
+
+class Dashboard:
+    """A real optuna-dashboard process on ``url``, answering at ``base``."""
+
+    def __init__(self, url: str, cwd: Path, port: int) -> None:
+        import json
+        import urllib.request
+
+        self._json, self._urlopen = json, urllib.request.urlopen
+        self.base = f"http://127.0.0.1:{port}"
+        exe = Path(sys.executable).parent / "optuna-dashboard"
+        self.proc = subprocess.Popen(
+            [str(exe), url, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"optuna-dashboard exited with {self.proc.returncode}")
+            try:
+                self.get("/api/studies")
+                return True
+            except OSError:
+                return False
+
+        wait_until(ready, 60, "optuna-dashboard to answer")
+
+    def get(self, path: str) -> dict:
+        with self._urlopen(self.base + path, timeout=5) as r:
+            return self._json.load(r)
+
+    def study(self, name: str) -> dict:
+        """The study's page data as the dashboard's browser app gets it (note, figures, trials)."""
+        summaries = self.get("/api/studies")["study_summaries"]
+        study_id = next(s["study_id"] for s in summaries if s["study_name"] == name)
+        return {"study_id": study_id, **self.get(f"/api/studies/{study_id}")}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def dashboard() -> Iterator[Callable[[str, Path], Dashboard]]:
+    """Start a real optuna-dashboard on a storage: ``dashboard(url, cwd)``; stopped after."""
+    started: list[Dashboard] = []
+
+    def start(url: str, cwd: Path) -> Dashboard:
+        started.append(Dashboard(url, cwd, free_port()))
+        return started[-1]
+
+    yield start
+    for d in started:
+        d.close()
