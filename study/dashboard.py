@@ -29,11 +29,13 @@ from study.urls import dashboard_url, mask_url, require_existing
 __all__ = ["dashboard_command", "main", "save_to_dashboard", "study_addresses"]
 
 
-def save_to_dashboard(study: optuna.Study, figure: Any, figure_id: str, note: str) -> None:
-    """Save a plotly ``figure`` (as ``figure_id``) and a Markdown ``note`` into ``study``, with
-    optuna-dashboard's own ``save_plotly_graph_object`` and ``save_note``."""
+def save_to_dashboard(study: optuna.Study, figures: dict[str, Any], note: str) -> None:
+    """Save plotly ``figures`` (by id, in the order the dashboard shows them) and a Markdown
+    ``note`` into ``study``, with optuna-dashboard's own ``save_plotly_graph_object`` and
+    ``save_note``."""
     plot_data, notes = _saving_modules()
-    plot_data.save_plotly_graph_object(study, figure, graph_object_id=figure_id)
+    for figure_id, figure in figures.items():
+        plot_data.save_plotly_graph_object(study, figure, graph_object_id=figure_id)
     notes.save_note(study, note)
 
 

@@ -12,7 +12,12 @@ from plotly.subplots import make_subplots
 
 from study.figures import Panel, binned_min, colors_of
 
-__all__ = ["plotly_importances", "plotly_loss_vs_lr", "plotly_lr_star"]
+__all__ = [
+    "width_axis",
+    "plotly_importances",
+    "plotly_loss_vs_lr",
+    "plotly_lr_star",
+]
 
 
 def plotly_importances(importances: dict[str, float], study: optuna.Study) -> go.Figure:
@@ -43,42 +48,62 @@ def plotly_importances(importances: dict[str, float], study: optuna.Study) -> go
     return go.Figure([bar], layout)
 
 
+def width_axis(fig: go.Figure, widths: Sequence[int], **where: int) -> None:
+    """A log axis ticked at the widths themselves (plotly's own log ticks read 2, 5, 100)."""
+    fig.update_xaxes(
+        type="log", title="width", tickvals=list(widths), ticktext=[str(w) for w in widths], **where
+    )
+
+
 def plotly_lr_star(panels: Sequence[Panel]) -> go.Figure:
-    """lr* vs width on log-log axes with the fit and its band (saved into the dashboard too)."""
+    """lr* vs width on log-log axes with the fit and its band (saved into the dashboard too).
+
+    Every marker is in the legend: a filled circle is a width's lr* with its 95% interval, a
+    hollow one an lr* at an edge of the evidence or range (not to be trusted), the line the
+    fitted power law, the shaded band its 95% interval.
+    """
     fig = go.Figure()
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"]
+    widths: set[int] = set()
     for i, (label, _, fit, _) in enumerate(panels):
         c = palette[i % 4]
-        used = [e for e in fit.widths if e.lr_star is not None]
-        fig.add_trace(
-            go.Scatter(
-                x=[e.width for e in used],
-                y=[e.lr_star for e in used],
-                mode="markers",
-                name=f"{label} lr*",
-                marker=dict(
-                    color=c, size=9, symbol=["circle-open" if e.at_edge else "circle" for e in used]
-                ),
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=[e.lr_errors()[1] for e in used],
-                    arrayminus=[e.lr_errors()[0] for e in used],
-                ),
-                hovertemplate="width %{x}<br>lr* %{y:.3g}<extra></extra>",
+        widths.update(e.width for e in fit.widths)
+        for at_edge in (False, True):
+            used = [e for e in fit.widths if e.lr_star is not None and e.at_edge == at_edge]
+            if not used:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[e.width for e in used],
+                    y=[e.lr_star for e in used],
+                    mode="markers",
+                    name=f"{label}: lr* at an edge (widen the range)"
+                    if at_edge
+                    else f"{label}: lr*",
+                    legendgroup=label,
+                    marker=dict(color=c, size=10, symbol="circle-open" if at_edge else "circle"),
+                    error_y=dict(
+                        type="data",
+                        symmetric=False,
+                        array=[e.lr_errors()[1] for e in used],
+                        arrayminus=[e.lr_errors()[0] for e in used],
+                    ),
+                    hovertemplate="width %{x}<br>lr* %{y:.3g}<extra></extra>",
+                )
             )
-        )
         if fit.alpha is not None:
             w = fit.used_widths
             fig.add_trace(
                 go.Scatter(
                     x=w + w[::-1],
                     y=[b[1] for b in fit.band] + [b[0] for b in fit.band][::-1],
+                    mode="lines",
                     fill="toself",
                     fillcolor=c,
                     opacity=0.15,
                     line=dict(width=0),
-                    showlegend=False,
+                    name=f"{label}: 95% band of the fit",
+                    legendgroup=label,
                     hoverinfo="skip",
                 )
             )
@@ -88,14 +113,18 @@ def plotly_lr_star(panels: Sequence[Panel]) -> go.Figure:
                     y=[2.0**fit.intercept_log2 * x ** (-fit.alpha) for x in w],
                     mode="lines",
                     line=dict(color=c),
-                    name=f"{label}: α = {fit.alpha:.2f} "
+                    legendgroup=label,
+                    name=f"{label}: lr* ∝ width^-α, α = {fit.alpha:.2f} "
                     f"[{fit.alpha_low:.2f}, {fit.alpha_high:.2f}]",
                 )
             )
-    fig.update_xaxes(type="log", title="width")
-    fig.update_yaxes(type="log", title="optimal learning rate lr*")
+    width_axis(fig, sorted(widths))
+    fig.update_yaxes(type="log", title="optimal learning rate lr*", exponentformat="power")
     fig.update_layout(
-        title="lr* vs width (lr* ∝ width^-α, 95% bootstrap band)", template="plotly_white"
+        title="Optimal learning rate vs width",
+        template="plotly_white",
+        legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+        margin=dict(b=40),
     )
     return fig
 
@@ -193,6 +222,16 @@ def plotly_loss_vs_lr(panels: Sequence[Panel]) -> go.Figure:
             row=1,
             col=col,
         )
+        if col == 1:  # the markers drawn per width, explained once
+            for name, marker in (
+                ("pruned (its loss when pruned)", dict(symbol="circle-open", color="grey", size=6)),
+                ("★ lr* with its 95% interval", dict(symbol="star", color="grey", size=12)),
+            ):
+                fig.add_trace(
+                    go.Scatter(x=[None], y=[None], mode="markers", marker=marker, name=name),
+                    row=1,
+                    col=col,
+                )
         for bound in (low, high):
             fig.add_vline(x=bound, line=dict(color="gray", dash="dash", width=1), row=1, col=col)
         fig.update_xaxes(type="log", title="learning rate", row=1, col=col)

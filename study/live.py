@@ -110,7 +110,7 @@ def look(
     """Analyse the study as it stands: store the answer, and the note and figure when
     ``dashboard``. None while it has no finished trial."""
     from study._errors import UserError
-    from study.report_files import DASHBOARD_FIGURE_ID, analyse_study
+    from study.report_files import analyse_study, dashboard_figures
 
     finished = _finished(study)
     try:
@@ -120,13 +120,11 @@ def look(
     answer = answer_of(rep.fit, finished)
     study.set_user_attr(ANSWER, asdict(answer))
     if dashboard:
-        from study import figures_plotly
         from study.dashboard import save_to_dashboard
         from study.report_note import note_markdown
 
         note = note_markdown(rep, storage_url, live=(finished, target))
-        panels = [(rep.name, rep.points, rep.fit, rep.lr_range)]
-        save_to_dashboard(study, figures_plotly.plotly_lr_star(panels), DASHBOARD_FIGURE_ID, note)
+        save_to_dashboard(study, dashboard_figures(rep), note)
     return answer
 
 

@@ -7,7 +7,6 @@ import csv
 import html
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,29 @@ from study.analysis import (
     points_from_trials,
 )
 from study.importances import PendingImportances
+from study.interaction import variance_shares
 from study.names import LR, SPACE, WIDTH
 from study.report_note import note_markdown, provenance, provenance_html
 
-__all__ = ["DASHBOARD_FIGURE_ID", "analyse_study", "write_report"]
+__all__ = ["DASHBOARD_FIGURE_ID", "analyse_study", "dashboard_figures", "write_report"]
 
 
-DASHBOARD_FIGURE_ID = "lr_star_vs_width"
+DASHBOARD_FIGURE_ID = "lr_star_vs_width"  # the first of the figures saved into the study
+
+
+def dashboard_figures(rep: StudyReport) -> dict[str, Any]:
+    """The figures a report (and the live answer) saves into the study, by id, in the
+    dashboard's order: lr* vs width, the loss landscape with lr* on it, what moves the loss."""
+    from study import figures_grid, figures_plotly
+
+    panel = (rep.name, rep.points, rep.fit, rep.lr_range)
+    figures = {
+        DASHBOARD_FIGURE_ID: figures_plotly.plotly_lr_star([panel]),
+        "loss_over_width_and_lr": figures_grid.plotly_landscape(panel),
+    }
+    if shares := variance_shares(rep.points):
+        figures["what_moves_the_loss"] = figures_grid.plotly_variance_shares(shares)
+    return figures
 
 
 def _space_of(
@@ -230,7 +245,7 @@ def write_report(
 
     ``importances``: those of ``rep``'s study, started before (see :class:`PendingImportances`).
     """
-    from study import figures, figures_plotly
+    from study import figures, figures_grid, figures_plotly
 
     out.mkdir(parents=True, exist_ok=True)
     _write_summary(out / "summary.csv", rep.fit)
@@ -240,6 +255,7 @@ def write_report(
     fit_json["headline"] = headline(rep.fit, rep.name)
     origin = provenance(rep, storage_url)
     fit_json["provenance"] = origin
+    fit_json["variance_shares"] = variance_shares(rep.points)
     (out / "fit.json").write_text(json.dumps(fit_json, indent=2) + "\n")
     _write_trials(out / "trials.csv", rep.study.get_trials(deepcopy=False))
     written = [out / "summary.csv", out / "fit.json", out / "trials.csv"]
@@ -250,39 +266,31 @@ def write_report(
         }
         (out / "compare.json").write_text(json.dumps(compare, indent=2) + "\n")
         written.append(out / "compare.json")
-    lr_fig = figures_plotly.plotly_lr_star(panels)
+    saved = dashboard_figures(rep)
     interactive: list[tuple[str, Any]] = [
-        ("Optimal learning rate vs width", lr_fig),
+        ("Optimal learning rate vs width", figures_plotly.plotly_lr_star(panels)),
+        ("Loss over width × learning rate, with lr*", saved["loss_over_width_and_lr"]),
+    ]
+    if "what_moves_the_loss" in saved:
+        interactive.append(("What moves the loss", saved["what_moves_the_loss"]))
+    interactive += [
         ("Validation loss vs learning rate", figures_plotly.plotly_loss_vs_lr(panels)),
+        (
+            "Validation loss per epoch",
+            figures_grid.plotly_curves(rep.study.get_trials(deepcopy=False), rep.widths),
+        ),
     ]
     complete = rep.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for title, make in (
-                (
-                    "Width x lr contour",
-                    lambda: optuna.visualization.plot_contour(rep.study, params=[WIDTH, LR]),
-                ),
-                (
-                    "Validation loss per epoch",
-                    lambda: optuna.visualization.plot_intermediate_values(rep.study),
-                ),
-            ):
-                try:
-                    interactive.append((title, make()))
-                except (ValueError, RuntimeError):
-                    pass
     if dashboard:
         from study.dashboard import save_to_dashboard
 
-        note = note_markdown(rep, storage_url)
-        save_to_dashboard(rep.study, lr_fig, DASHBOARD_FIGURE_ID, note)
+        save_to_dashboard(rep.study, saved, note_markdown(rep, storage_url))
     # Last, the figures that wait for the importances: the PNGs' last, then the page's.
     written += figures.save_png_figures(out, panels, _best_curves(rep), importances.result)
     ped_anova = importances.result()[0].get("PED-ANOVA")
     if len(complete) >= 2 and ped_anova:
         figure = figures_plotly.plotly_importances(ped_anova, rep.study)
-        interactive.insert(2, ("Parameter importance (PED-ANOVA)", figure))
+        at = 3 if "what_moves_the_loss" in saved else 2
+        interactive.insert(at, ("Parameter importance (PED-ANOVA, main effects only)", figure))
     written.append(_html([rep, *others], interactive, out, origin))
     return written

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,3 +194,48 @@ def dashboard() -> Iterator[Callable[[str, Path], Dashboard]]:
     yield start
     for d in started:
         d.close()
+
+
+# Headless Chromium as the tests start it: no network of its own, nothing kept between starts.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def find_chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found and os.environ.get("REQUIRE_CHROMIUM"):
+        pytest.fail("REQUIRE_CHROMIUM is set but chromium is not installed")
+    return found
+
+
+def browse(url: str, profile: Path, *extra: str, window: str = "1400,3000") -> str:
+    """The DOM of ``url`` after Chromium has run its scripts (a real browser, headless; skips
+    the test where there is none, fails it where REQUIRE_CHROMIUM says there must be one)."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("chromium not installed (Debian package 'chromium'); .ci/run installs it")
+    profile.mkdir(parents=True)
+    return subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=15000",
+            f"--window-size={window}",
+            "--dump-dom",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout

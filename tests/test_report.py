@@ -18,7 +18,7 @@ from optuna_dashboard._custom_plot_data import SYSTEM_ATTR_PLOT_DATA
 
 from study import importances, report
 from study.run import main as run_main
-from tests.conftest import db_digest, free_port, load, wait_until
+from tests.conftest import CHROMIUM_FLAGS, db_digest, find_chromium, free_port, load, wait_until
 
 URL = "sqlite:///r.db"
 
@@ -62,6 +62,10 @@ def db(smoke_db: Path, workdir: Path) -> Path:
         if Path(f"{smoke_db}{suffix}").exists():
             shutil.copy(f"{smoke_db}{suffix}", workdir / f"r.db{suffix}")
     return workdir / "r.db"
+
+
+# What a report saves into the study for the dashboard, in the dashboard's order.
+SAVED_FIGURES = [report.DASHBOARD_FIGURE_ID, "loss_over_width_and_lr", "what_moves_the_loss"]
 
 
 def _report(*args: str) -> int:
@@ -124,7 +128,7 @@ def test_report_saves_the_figure_and_the_note_into_the_study(db: Path) -> None:
     assert "python -m study.report" in note
     system_attrs = study._storage.get_study_system_attrs(study._study_id)
     plots = {k.split(":")[2] for k in system_attrs if k.startswith(SYSTEM_ATTR_PLOT_DATA)}
-    assert plots == {report.DASHBOARD_FIGURE_ID}
+    assert plots == set(SAVED_FIGURES)
     # Nothing else in the study was written.
     assert [
         (t.number, t.state, t.value, t.params, t.user_attrs) for t in study.trials
@@ -244,29 +248,10 @@ def test_one_width_gives_a_report_that_says_what_is_missing(workdir: Path) -> No
     assert fit["alpha"] is None and "at least 2 widths" in fit["note"]
 
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found and os.environ.get("REQUIRE_CHROMIUM"):
-        pytest.fail("REQUIRE_CHROMIUM is set but chromium is not installed")
-    return found
-
-
 def test_html_report_renders_in_a_real_browser_without_script_errors(
     db: Path, workdir: Path
 ) -> None:
-    chromium = _chromium()
+    chromium = find_chromium()
     if chromium is None:
         pytest.skip("chromium not installed (Debian package 'chromium'); .ci/run installs it")
     assert _report("--study-name", "smoke", "--out", "out", "--no-dashboard") == 0
@@ -341,7 +326,7 @@ def test_real_dashboard_serves_the_saved_figure_and_note(db: Path, workdir: Path
         proc.terminate()
         proc.wait(timeout=30)
     assert "How the optimal learning rate shifts with width" in detail["note"]["body"]
-    assert [g["id"] for g in detail["plotly_graph_objects"]] == [report.DASHBOARD_FIGURE_ID]
+    assert [g["id"] for g in detail["plotly_graph_objects"]] == SAVED_FIGURES
     assert len(detail["trials"]) == 18
 
 
