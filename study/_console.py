@@ -11,7 +11,7 @@ from typing import TextIO
 
 from optuna.trial import FrozenTrial, TrialState
 
-from study.names import DIVERGED, LR, WIDTH
+from study.names import DIVERGED, LR, WIDTH, is_verification
 
 __all__ = ["Counts", "Progress", "count_trials", "summary_table"]
 
@@ -37,6 +37,7 @@ def is_diverged(t: FrozenTrial) -> bool:
 
 def count_trials(trials: list[FrozenTrial]) -> Counts:
     by = {s: 0 for s in TrialState}
+    trials = [t for t in trials if not is_verification(t)]  # study.predict's, not the study's
     for t in trials:
         by[t.state] += 1
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]

@@ -38,7 +38,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study.names import BEST_VAL_LOSS, DIVERGED, LR, WIDTH
+from study.names import BEST_VAL_LOSS, DIVERGED, LR, WIDTH, is_verification
 
 __all__ = [
     "MIN_COMPLETE",
@@ -78,7 +78,7 @@ def points_from_trials(trials: list[FrozenTrial]) -> list[Point]:
     for t in trials:
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
-        if WIDTH not in t.params or LR not in t.params:
+        if WIDTH not in t.params or LR not in t.params or is_verification(t):
             continue
         if t.state == TrialState.COMPLETE:
             state, value = "complete", float(t.value)  # type: ignore[arg-type]
@@ -177,9 +177,13 @@ class Fit:
     note: str
     settings: dict[str, Any] = field(default_factory=dict)
     band: list[tuple[float, float]] = field(default_factory=list)  # fit interval per used width
+    # Bootstrap replicates of log2 lr*, one row per replicate, one column per used width (for
+    # predictions beyond the measured widths, study.extrapolate); not written to fit.json.
+    replicates: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("replicates")
         out["widths"] = [{**asdict(w), "at_edge": w.at_edge} for w in self.widths]
         out["counts"] = {
             k: sum(getattr(w, k) for w in self.widths)
@@ -325,6 +329,7 @@ def analyze(
         note=note,
         settings=settings,
         band=[(float(2.0**a), float(2.0**b)) for a, b in zip(band_lo, band_hi, strict=True)],
+        replicates=np.column_stack([replicates[e.width] for e in used]),
     )
 
 

@@ -191,3 +191,53 @@ def plotly_curves(trials: list[FrozenTrial], widths: list[int]) -> go.Figure:
         height=520,
     )
     return fig
+
+
+def plotly_answer(panel: Panel, shares: dict[str, float]) -> go.Figure:
+    """The three figures of the answer in one, for optuna-dashboard: lr* vs width, the loss over
+    width x lr with lr* on it, and what moves the loss.
+
+    One figure, because optuna-dashboard 0.21 lists a study's saved figures in the order of a
+    Python set of their ids (``_custom_plot_data.list_graph_object_ids``): with several, the one
+    on top changes from one start of the dashboard to the next.
+    """
+    from plotly.subplots import make_subplots
+
+    from study.figures_plotly import plotly_lr_star
+
+    widths = [e.width for e in panel[2].widths]
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        specs=[[{}, {}], [{"colspan": 2}, None]],
+        row_heights=[0.72, 0.28],
+        vertical_spacing=0.16,
+        horizontal_spacing=0.12,
+        subplot_titles=[
+            "optimal learning rate vs width",
+            "best loss over width × lr, with lr*",
+            "what moves the loss: width, lr, width × lr (lr* moving with width)",
+        ],
+    )
+    for trace in plotly_lr_star([panel]).data:
+        fig.add_trace(trace, row=1, col=1)
+    for trace in plotly_landscape(panel).data:
+        if isinstance(trace, go.Contour):
+            trace.colorbar = dict(title="best loss", x=1.0, len=0.6, y=0.72)
+        trace.showlegend = False
+        fig.add_trace(trace, row=1, col=2)
+    if shares:
+        for trace in plotly_variance_shares(shares).data:
+            trace.showlegend = False
+            fig.add_trace(trace, row=2, col=1)
+        fig.update_xaxes(tickformat=".0%", row=2, col=1)
+    for col, title in ((1, "optimal learning rate lr*"), (2, "learning rate")):
+        width_axis(fig, widths, row=1, col=col)
+        fig.update_yaxes(type="log", title=title, exponentformat="power", row=1, col=col)
+    fig.update_layout(
+        title=f"{panel[0]}: the answer",
+        template="plotly_white",
+        height=820,
+        legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0),
+    )
+    return fig

@@ -3,6 +3,8 @@ itself that more than one module reads or writes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BEST_VAL_LOSS",
     "COMMAND",
@@ -15,6 +17,10 @@ __all__ = [
     "SURPLUS",
     "WIDTH",
     "WORKER",
+    "ANSWER",
+    "VERIFY_INDEX",
+    "VERIFY_WIDTH",
+    "is_verification",
 ]
 
 # A trial's parameters.
@@ -40,3 +46,13 @@ COMMAND = "command"  # the command line that made it, passwords masked
 # The scaling fit as it stands while the study runs (study.live.Answer as a dict): workers read
 # it to stop once the answer is good enough (--until-ci).
 ANSWER = "answer_so_far"
+
+# A trial run by ``python -m study.predict --verify`` at a width beyond the study's: stored in
+# the study, never fitted, never counted toward --trials (the width it verifies, its index).
+VERIFY_WIDTH = "verify_width"
+VERIFY_INDEX = "verify_index"
+
+
+def is_verification(trial: Any) -> bool:
+    """A trial of ``study.predict --verify`` (a FrozenTrial or anything with user_attrs)."""
+    return VERIFY_WIDTH in trial.user_attrs

@@ -244,6 +244,7 @@ def trial_template(
     distributions: dict[str, BaseDistribution],
     system_attrs: dict[str, Any],
     number: int = -1,
+    user_attrs: dict[str, Any] | None = None,
 ) -> optuna.trial.FrozenTrial:
     """A RUNNING trial to be created (:func:`create_trials`), started now. Its id, and its number
     (``number`` is the one it is expected to get), are given when it is created."""
@@ -255,7 +256,7 @@ def trial_template(
         datetime_complete=None,
         params=params,
         distributions=distributions,
-        user_attrs={},
+        user_attrs=user_attrs or {},
         system_attrs=system_attrs,
         intermediate_values={},
         trial_id=-1,

@@ -28,25 +28,25 @@ from study.interaction import variance_shares
 from study.names import LR, SPACE, WIDTH
 from study.report_note import note_markdown, provenance, provenance_html
 
-__all__ = ["DASHBOARD_FIGURE_ID", "analyse_study", "dashboard_figures", "write_report"]
+__all__ = [
+    "DASHBOARD_FIGURE_ID",
+    "analyse_study",
+    "dashboard_figures",
+    "write_report",
+]
 
 
-DASHBOARD_FIGURE_ID = "lr_star_vs_width"  # the first of the figures saved into the study
+# The one figure saved into the study for optuna-dashboard (see figures_grid.plotly_answer).
+DASHBOARD_FIGURE_ID = "lr_star_vs_width"
 
 
 def dashboard_figures(rep: StudyReport) -> dict[str, Any]:
-    """The figures a report (and the live answer) saves into the study, by id, in the
-    dashboard's order: lr* vs width, the loss landscape with lr* on it, what moves the loss."""
-    from study import figures_grid, figures_plotly
+    """The figure a report (and the live answer) saves into the study, by id: lr* vs width,
+    the loss over width x lr with lr* on it, and what moves the loss, in one."""
+    from study import figures_grid
 
     panel = (rep.name, rep.points, rep.fit, rep.lr_range)
-    figures = {
-        DASHBOARD_FIGURE_ID: figures_plotly.plotly_lr_star([panel]),
-        "loss_over_width_and_lr": figures_grid.plotly_landscape(panel),
-    }
-    if shares := variance_shares(rep.points):
-        figures["what_moves_the_loss"] = figures_grid.plotly_variance_shares(shares)
-    return figures
+    return {DASHBOARD_FIGURE_ID: figures_grid.plotly_answer(panel, variance_shares(rep.points))}
 
 
 def _space_of(
@@ -266,13 +266,13 @@ def write_report(
         }
         (out / "compare.json").write_text(json.dumps(compare, indent=2) + "\n")
         written.append(out / "compare.json")
-    saved = dashboard_figures(rep)
     interactive: list[tuple[str, Any]] = [
         ("Optimal learning rate vs width", figures_plotly.plotly_lr_star(panels)),
-        ("Loss over width × learning rate, with lr*", saved["loss_over_width_and_lr"]),
+        ("Loss over width × learning rate, with lr*", figures_grid.plotly_landscape(panels[0])),
     ]
-    if "what_moves_the_loss" in saved:
-        interactive.append(("What moves the loss", saved["what_moves_the_loss"]))
+    if shares := variance_shares(rep.points):
+        figure = figures_grid.plotly_variance_shares(shares)
+        interactive.append(("What moves the loss", figure))
     interactive += [
         ("Validation loss vs learning rate", figures_plotly.plotly_loss_vs_lr(panels)),
         (
@@ -284,13 +284,13 @@ def write_report(
     if dashboard:
         from study.dashboard import save_to_dashboard
 
-        save_to_dashboard(rep.study, saved, note_markdown(rep, storage_url))
+        save_to_dashboard(rep.study, dashboard_figures(rep), note_markdown(rep, storage_url))
     # Last, the figures that wait for the importances: the PNGs' last, then the page's.
     written += figures.save_png_figures(out, panels, _best_curves(rep), importances.result)
     ped_anova = importances.result()[0].get("PED-ANOVA")
     if len(complete) >= 2 and ped_anova:
         figure = figures_plotly.plotly_importances(ped_anova, rep.study)
-        at = 3 if "what_moves_the_loss" in saved else 2
+        at = 3 if shares else 2
         interactive.insert(at, ("Parameter importance (PED-ANOVA, main effects only)", figure))
     written.append(_html([rep, *others], interactive, out, origin))
     return written

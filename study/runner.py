@@ -39,7 +39,7 @@ from study.builders import (
     CPU_STACK_MAX_WIDTH,
 )
 from study.live import settled
-from study.names import LR, SURPLUS, WIDTH, WORKER
+from study.names import LR, SURPLUS, WIDTH, WORKER, is_verification
 from study.objective import (
     Objective,
     TrialEnd,
@@ -130,8 +130,14 @@ class Deferred:
             raise KeyboardInterrupt
 
 
+def _slots(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that hold or may hold a slot (one read); study.predict's are not the study's."""
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_SLOT_STATES)
+    return [t for t in trials if not is_verification(t)]
+
+
 def _holds_slot(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
-    before = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_SLOT_STATES)
+    before = _slots(study)
     return sum(t.number < trial.number for t in before) < target
 
 
@@ -151,7 +157,14 @@ def _ask(study: optuna.Study) -> optuna.Trial:
     waiting = study._storage.get_all_trials(
         study._study_id, deepcopy=False, states=(TrialState.WAITING,)
     )
-    trial_id = next((t._trial_id for t in waiting if claim_waiting_trial(study, t._trial_id)), None)
+    trial_id = next(
+        (
+            t._trial_id
+            for t in waiting
+            if not is_verification(t) and claim_waiting_trial(study, t._trial_id)
+        ),
+        None,
+    )
     if trial_id is None:
         trial_id = study._storage.create_new_trial(study._study_id)
     return optuna.Trial(study, trial_id)
@@ -276,7 +289,7 @@ def run_new_trials(
     assert isinstance(sampler, WidthStratifiedSampler)
     space = objective.space
     share = math.ceil(target / len(space.model.widths))
-    slots = [t for t in trials if t.state in _SLOT_STATES]
+    slots = [t for t in trials if t.state in _SLOT_STATES and not is_verification(t)]
     held = sum(t.params.get(WIDTH) == width for t in slots)
     n = max(1, min(k, share - held, target - len(slots)))
     width_dist, lr_dist = objective.distributions(study)
@@ -325,7 +338,7 @@ def _drop_surplus(
 ) -> list[optuna.Trial]:
     """The ``members`` that hold a slot and their width's share (one read); the others are
     failed as surplus."""
-    slots = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_SLOT_STATES)
+    slots = _slots(study)
     kept = []
     for trial in members:
         before = [t for t in slots if t.number < trial.number]

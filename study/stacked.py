@@ -245,7 +245,16 @@ def train_stacked(
             if not diverged and v_loss < r.best_val_loss:
                 r.best_val_loss, r.best_epoch, r.val_accuracy = v_loss, epoch, v_acc
             eps.append(
-                EpochResult(epoch, train_loss, v_loss, v_acc, lrs[member] * factor, diverged, limit)
+                EpochResult(
+                    epoch,
+                    train_loss,
+                    v_loss,
+                    v_acc,
+                    lrs[member] * factor,
+                    diverged,
+                    limit,
+                    r.initial_val_loss,
+                )
             )
         stops = on_epoch(list(live), eps) if on_epoch is not None else [False] * len(live)
         if len(stops) != len(live):

@@ -53,15 +53,18 @@ class EpochResult:
     diverged: bool
     # The loss above which a run has diverged (divergence_factor x the initial loss).
     limit: float = math.inf
+    initial: float = math.inf  # the validation loss before any step
 
     @property
     def shown_loss(self) -> float:
-        """The validation loss as a study stores it: at most ``limit``. A diverged epoch's loss
-        (800-1,800, NaN or inf) would flatten every other curve in the dashboard's plots; its
-        true value stays in the trial's attrs (``final_val_loss``)."""
-        if math.isnan(self.val_loss):
-            return self.limit
-        return min(self.val_loss, self.limit)
+        """The validation loss as a study stores it: a diverged epoch's at most the initial
+        loss (no better than not training). Its loss (800-1,800, NaN or inf; even capped at the
+        divergence limit, 10x the initial loss) would flatten every other curve in the
+        dashboard's plots; its true value stays in the trial's attrs (``final_val_loss``)."""
+        if not self.diverged:
+            return self.val_loss
+        cap = min(self.initial, self.limit)
+        return cap if math.isnan(self.val_loss) else min(self.val_loss, cap)
 
 
 @dataclass
@@ -294,7 +297,9 @@ def train(
         result.curve.append(val_loss)
         if not diverged and val_loss < result.best_val_loss:
             result.best_val_loss, result.best_epoch, result.val_accuracy = val_loss, epoch, val_acc
-        ep = EpochResult(epoch, train_loss, val_loss, val_acc, epoch_lr, diverged, limit)
+        ep = EpochResult(
+            epoch, train_loss, val_loss, val_acc, epoch_lr, diverged, limit, initial_val_loss
+        )
         stop = on_epoch(ep) if on_epoch is not None else False
         result.callback_seconds += time.perf_counter() - t_callback
         if diverged:

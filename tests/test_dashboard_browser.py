@@ -41,9 +41,10 @@ def test_the_dashboard_shows_the_answer_at_first_sight(
     first = browse(home, workdir / "p1")
     text = _text(first)
     # The tool's figures, on the study's first screen; the metric has its name.
-    assert "Optimal learning rate vs width" in text
-    assert "smoke: loss over width × learning rate, with lr*" in text
-    assert "What moves the loss" in text
+    assert "smoke: the answer" in text
+    for panel in ("optimal learning rate vs width", "best loss over width × lr, with lr*"):
+        assert panel in text
+    assert "what moves the loss: width, lr, width × lr" in text
     assert "validation loss" in text and "Objective 0" not in text
     # No plot flattened by a diverged trial: every value axis stays within the losses trained
     # (a diverged epoch is stored capped; uncapped it reached hundreds).

@@ -12,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study.live import Answer, look, stored_answer
+from study.report_files import DASHBOARD_FIGURE_ID
 from study.run import main
 from tests.conftest import Dashboard, fault_env, fault_taken, load, spawn, wait_until
 
@@ -91,7 +92,8 @@ def test_the_dashboard_note_holds_a_fit_while_the_study_runs_and_until_ci_stops_
         note = page["note"]["body"]
         assert "So far, from 30 of 90 finished trials while the study runs" in note
         assert f"alpha = {answer.alpha:.2f}" in note
-        assert [g["id"] for g in page["plotly_graph_objects"]] == ["lr_star_vs_width"]
+        saved = [g["id"] for g in page["plotly_graph_objects"]]
+        assert saved == [DASHBOARD_FIGURE_ID]
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     out, _ = proc.communicate(timeout=300)
