@@ -193,9 +193,10 @@ def plotly_curves(trials: list[FrozenTrial], widths: list[int]) -> go.Figure:
     return fig
 
 
-def plotly_answer(panel: Panel, shares: dict[str, float]) -> go.Figure:
-    """The three figures of the answer in one, for optuna-dashboard: lr* vs width, the loss over
-    width x lr with lr* on it, and what moves the loss.
+def plotly_answer(panel: Panel) -> go.Figure:
+    """The answer in one figure for optuna-dashboard, which draws a saved figure 450 px high in
+    half its page: lr* vs width with its fit and band, beside the loss over width x lr with lr*
+    on it. Hover explains the markers; the report's page has each with its legend.
 
     One figure, because optuna-dashboard 0.21 lists a study's saved figures in the order of a
     Python set of their ids (``_custom_plot_data.list_graph_object_ids``): with several, the one
@@ -205,39 +206,36 @@ def plotly_answer(panel: Panel, shares: dict[str, float]) -> go.Figure:
 
     from study.figures_plotly import plotly_lr_star
 
-    widths = [e.width for e in panel[2].widths]
+    label, _, fit, _ = panel
+    widths = [e.width for e in fit.widths]
     fig = make_subplots(
-        rows=2,
+        rows=1,
         cols=2,
-        specs=[[{}, {}], [{"colspan": 2}, None]],
-        row_heights=[0.72, 0.28],
-        vertical_spacing=0.16,
-        horizontal_spacing=0.12,
-        subplot_titles=[
-            "optimal learning rate vs width",
-            "best loss over width × lr, with lr*",
-            "what moves the loss: width, lr, width × lr (lr* moving with width)",
-        ],
+        horizontal_spacing=0.16,
+        subplot_titles=["lr* per width (95% interval), fit and band", "best loss; lr* and fit"],
     )
     for trace in plotly_lr_star([panel]).data:
         fig.add_trace(trace, row=1, col=1)
     for trace in plotly_landscape(panel).data:
         if isinstance(trace, go.Contour):
-            trace.colorbar = dict(title="best loss", x=1.0, len=0.6, y=0.72)
-        trace.showlegend = False
+            trace.colorbar = dict(title="loss", thickness=12)
         fig.add_trace(trace, row=1, col=2)
-    if shares:
-        for trace in plotly_variance_shares(shares).data:
-            trace.showlegend = False
-            fig.add_trace(trace, row=2, col=1)
-        fig.update_xaxes(tickformat=".0%", row=2, col=1)
-    for col, title in ((1, "optimal learning rate lr*"), (2, "learning rate")):
+    for col, title in ((1, "optimal lr*"), (2, "learning rate")):
         width_axis(fig, widths, row=1, col=col)
         fig.update_yaxes(type="log", title=title, exponentformat="power", row=1, col=col)
+    fig.update_yaxes(dtick=1, row=1, col=2)
+    fig.update_xaxes(tickangle=0, title_standoff=4)
+    if fit.alpha is not None:
+        title = (
+            f"{label}: lr* ∝ width^-α, α = {fit.alpha:.2f} "
+            f"[{fit.alpha_low:.2f}, {fit.alpha_high:.2f}]"
+        )
+    else:
+        title = f"{label}: no scaling fit yet"
     fig.update_layout(
-        title=f"{panel[0]}: the answer",
+        title=dict(text=title, x=0.01, y=0.97),
         template="plotly_white",
-        height=820,
-        legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0),
+        showlegend=False,
+        margin=dict(l=60, r=10, t=70, b=50),
     )
     return fig

@@ -41,12 +41,12 @@ DASHBOARD_FIGURE_ID = "lr_star_vs_width"
 
 
 def dashboard_figures(rep: StudyReport) -> dict[str, Any]:
-    """The figure a report (and the live answer) saves into the study, by id: lr* vs width,
-    the loss over width x lr with lr* on it, and what moves the loss, in one."""
+    """The figure a report (and the live answer) saves into the study, by id: lr* vs width
+    beside the loss over width x lr with lr* on it."""
     from study import figures_grid
 
     panel = (rep.name, rep.points, rep.fit, rep.lr_range)
-    return {DASHBOARD_FIGURE_ID: figures_grid.plotly_answer(panel, variance_shares(rep.points))}
+    return {DASHBOARD_FIGURE_ID: figures_grid.plotly_answer(panel)}
 
 
 def _space_of(

@@ -11,6 +11,8 @@ from typing import Any
 
 from study._version import git_commit, tool_version
 from study.analysis import StudyReport, headline, in_plain_words
+from study.extrapolate import extrapolation_words
+from study.interaction import INTERACTION, variance_shares
 from study.names import COMMAND, SPACE, SPACE_FINGERPRINT
 from study.urls import mask_text, mask_url
 
@@ -47,6 +49,17 @@ def note_markdown(
     ]
     if fit.note:
         lines += [f"> {_md(fit.note)}", ""]
+    if shares := variance_shares(rep.points):
+        parts = ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+        lines += [
+            _md(
+                f"What moves the loss (shares of its variation between cells): {parts}. "
+                f"The {INTERACTION} share is lr* moving with width."
+            ),
+            "",
+        ]
+    if words := extrapolation_words(fit):
+        lines += [_md(words), ""]
     lines += [
         "| width | lr* | interval | best loss | trials | complete | pruned | diverged | edge |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---|",

@@ -41,10 +41,9 @@ def test_the_dashboard_shows_the_answer_at_first_sight(
     first = browse(home, workdir / "p1")
     text = _text(first)
     # The tool's figures, on the study's first screen; the metric has its name.
-    assert "smoke: the answer" in text
-    for panel in ("optimal learning rate vs width", "best loss over width × lr, with lr*"):
+    assert re.search(r"smoke: lr\* ∝ width\^-α, α = -?\d\.\d\d \[", text), text[:2000]
+    for panel in ("lr* per width (95% interval), fit and band", "best loss; lr* and fit"):
         assert panel in text
-    assert "what moves the loss: width, lr, width × lr" in text
     assert "validation loss" in text and "Objective 0" not in text
     # No plot flattened by a diverged trial: every value axis stays within the losses trained
     # (a diverged epoch is stored capped; uncapped it reached hundreds).
@@ -55,6 +54,7 @@ def test_the_dashboard_shows_the_answer_at_first_sight(
 
     note = _text(browse(home + "/note", workdir / "p2"))
     assert "How the optimal learning rate shifts with width" in note
+    assert "What moves the loss (shares of its variation between cells): width " in note
     assert re.search(r"lr\* (falls|rises|stays)", note), note  # the plain-words line, rendered
 
     # Width is an ordered number on a log axis: the contour's and the rank plot's width ticks
