@@ -5,6 +5,8 @@ For the report's page and optuna-dashboard."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
@@ -193,10 +195,11 @@ def plotly_curves(trials: list[FrozenTrial], widths: list[int]) -> go.Figure:
     return fig
 
 
-def plotly_answer(panel: Panel) -> go.Figure:
+def plotly_answer(panel: Panel, predictions: Sequence[Any] = ()) -> go.Figure:
     """The answer in one figure for optuna-dashboard, which draws a saved figure 450 px high in
     half its page: lr* vs width with its fit and band, beside the loss over width x lr with lr*
-    on it. Hover explains the markers; the report's page has each with its legend.
+    on it; ``predictions`` as in :func:`~study.figures_plotly.plotly_lr_star`. Hover explains
+    the markers; the report's page has each with its legend.
 
     One figure, because optuna-dashboard 0.21 lists a study's saved figures in the order of a
     Python set of their ids (``_custom_plot_data.list_graph_object_ids``): with several, the one
@@ -214,14 +217,16 @@ def plotly_answer(panel: Panel) -> go.Figure:
         horizontal_spacing=0.16,
         subplot_titles=["lr* per width (95% interval), fit and band", "best loss; lr* and fit"],
     )
-    for trace in plotly_lr_star([panel]).data:
+    lr_star = plotly_lr_star([panel], predictions)
+    for trace in lr_star.data:
         fig.add_trace(trace, row=1, col=1)
     for trace in plotly_landscape(panel).data:
         if isinstance(trace, go.Contour):
             trace.colorbar = dict(title="loss", thickness=12)
         fig.add_trace(trace, row=1, col=2)
+    fig.update_xaxes(lr_star.layout.xaxis, row=1, col=1)  # the widths, and any predicted
+    width_axis(fig, widths, row=1, col=2)
     for col, title in ((1, "optimal lr*"), (2, "learning rate")):
-        width_axis(fig, widths, row=1, col=col)
         fig.update_yaxes(type="log", title=title, exponentformat="power", row=1, col=col)
     fig.update_yaxes(dtick=1, row=1, col=2)
     fig.update_xaxes(tickangle=0, title_standoff=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import optuna
 import plotly.graph_objects as go
@@ -55,12 +56,15 @@ def width_axis(fig: go.Figure, widths: Sequence[int], **where: int) -> None:
     )
 
 
-def plotly_lr_star(panels: Sequence[Panel]) -> go.Figure:
+def plotly_lr_star(panels: Sequence[Panel], predictions: Sequence[Any] = ()) -> go.Figure:
     """lr* vs width on log-log axes with the fit and its band (saved into the dashboard too).
 
     Every marker is in the legend: a filled circle is a width's lr* with its 95% interval, a
     hollow one an lr* at an edge of the evidence or range (not to be trusted), the line the
-    fitted power law, the shaded band its 95% interval.
+    fitted power law, the shaded band its 95% interval. ``predictions``: (Prediction,
+    Verification or None) pairs of the first panel's study (:mod:`study.verification`): the
+    line extended to each predicted width, a diamond with its prediction interval, and the lr*
+    measured there (a star with its interval) once verified.
     """
     fig = go.Figure()
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"]
@@ -116,6 +120,56 @@ def plotly_lr_star(panels: Sequence[Panel]) -> go.Figure:
                     legendgroup=label,
                     name=f"{label}: lr* ∝ width^-α, α = {fit.alpha:.2f} "
                     f"[{fit.alpha_low:.2f}, {fit.alpha_high:.2f}]",
+                )
+            )
+    for pred, verification in predictions:
+        fit = panels[0][2]
+        widths.add(pred.width)
+        last = fit.used_widths[-1] if pred.width > fit.used_widths[-1] else fit.used_widths[0]
+        fig.add_trace(
+            go.Scatter(
+                x=[last, pred.width],
+                y=[2.0**fit.intercept_log2 * x ** (-fit.alpha) for x in (last, pred.width)],
+                mode="lines",
+                line=dict(color="black", dash="dot"),
+                name="the fit, extended",
+                hoverinfo="skip",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[pred.width],
+                y=[pred.lr_pred],
+                mode="markers",
+                marker=dict(symbol="diamond", size=11, color="black"),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[pred.lr_high - pred.lr_pred],
+                    arrayminus=[pred.lr_pred - pred.lr_low],
+                    color="black",
+                ),
+                name=f"predicted at width {pred.width} (95% prediction interval)",
+                hovertemplate="predicted lr* %{y:.3g}<extra></extra>",
+            )
+        )
+        e = verification.estimate if verification is not None else None
+        if e is not None and e.lr_star is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[pred.width],
+                    y=[e.lr_star],
+                    mode="markers",
+                    marker=dict(symbol="star", size=14, color="#2ca02c"),
+                    error_y=dict(
+                        type="data",
+                        symmetric=False,
+                        array=[e.lr_errors()[1]],
+                        arrayminus=[e.lr_errors()[0]],
+                        color="#2ca02c",
+                    ),
+                    name=f"measured at width {pred.width} (verification, 95% interval)",
+                    hovertemplate="measured lr* %{y:.3g}<extra></extra>",
                 )
             )
     width_axis(fig, sorted(widths))

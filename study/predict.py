@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,25 +28,25 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from study._cli import command_parser
 from study._errors import UserError
-from study.analysis import Point, analyze
 from study.extrapolate import Prediction, extrapolation_words, predict
-from study.names import LR, SPACE, VERIFY_WIDTH
+from study.names import SPACE
 from study.report import load_report_study
 from study.report_files import analyse_study
 from study.storage import DEFAULT_STORAGE
 from study.urls import mask_url
+from study.verification import (
+    Verification,
+    penalty_words,
+    verification_points,
+    verify_plan_key,
+)
 
-__all__ = ["Verification", "main", "plan_lrs", "verification_points", "verify_plan_key"]
+__all__ = ["main", "plan_lrs"]
 
 MIN_VERIFY = 3
-
-
-def verify_plan_key(width: int) -> str:
-    return f"verify_plan:{width}"
 
 
 def plan_lrs(pred: Prediction, k: int, lr_range: tuple[float, float]) -> list[float]:
@@ -60,88 +59,15 @@ def plan_lrs(pred: Prediction, k: int, lr_range: tuple[float, float]) -> list[fl
     return [float(x) for x in np.geomspace(low, high, k)]
 
 
-def verification_points(trials: Sequence[FrozenTrial], width: int) -> list[Point]:
-    """The finished verification trials of ``width`` as the estimator's points."""
-    out = []
-    for t in trials:
-        if t.user_attrs.get(VERIFY_WIDTH) != width or not t.state.is_finished():
-            continue
-        if t.state == TrialState.COMPLETE:
-            out.append(Point(width, float(t.params[LR]), float(t.value), "complete", t.number))
-        elif t.state == TrialState.PRUNED:
-            state = "diverged" if t.user_attrs.get("diverged") else "pruned"
-            out.append(Point(width, float(t.params[LR]), math.inf, state, t.number))
-    return out
-
-
-class Verification:
-    """What the verification trials at one width measured."""
-
-    def __init__(self, points: list[Point], pred: Prediction, lr_range: tuple[float, float]):
-        self.points = points
-        fit = analyze(points, [pred.width], lr_range)
-        self.estimate = fit.widths[0]
-        complete = sorted((p for p in points if p.state == "complete"), key=lambda p: p.lr)
-        self._x = np.log2([p.lr for p in complete])
-        self._y = np.log([p.value for p in complete])
-        self.best = float(np.exp(self._y.min())) if complete else None
-        self.inside = (
-            self.estimate.lr_star is not None
-            and pred.lr_low <= self.estimate.lr_star <= pred.lr_high
-        )
-        self.penalty_pred = self.penalty(pred.lr_pred)
-        self.penalty_transfer = self.penalty(pred.lr_transfer)
-
-    def penalty(self, lr: float) -> float | None:
-        """How much worse than the best loss found at this width the loss at ``lr`` is (0.05:
-        5% worse), read off the measured valley (log loss interpolated in log2 lr between the
-        complete trials); inf where ``lr`` is past the last complete trial toward a diverged
-        one, None where no trial brackets it."""
-        if self.best is None:
-            return None
-        x = math.log2(lr)
-        if self._x[0] - 1e-9 <= x <= self._x[-1] + 1e-9:
-            return float(np.exp(np.interp(x, self._x, self._y))) / self.best - 1
-        beyond = [p for p in self.points if p.state == "diverged"]
-        if any((p.lr >= lr if x > self._x[-1] else p.lr <= lr) for p in beyond):
-            return math.inf
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        e = self.estimate
-        return {
-            "lr_measured": e.lr_star,
-            "lr_measured_low": e.lr_low,
-            "lr_measured_high": e.lr_high,
-            "inside": bool(self.inside),
-            "best_loss": self.best,
-            "penalty_pred": _json_number(self.penalty_pred),
-            "penalty_transfer": _json_number(self.penalty_transfer),
-            "trials": [
-                {"lr": p.lr, "loss": _json_number(p.value), "state": p.state} for p in self.points
-            ],
-        }
-
-
-def _json_number(x: float | None) -> float | str | None:
-    return str(x) if x is not None and not math.isfinite(x) else x
-
-
-def _penalty_words(p: float | None) -> str:
-    if p is None:
-        return "not measured (no verification trial brackets it)"
-    if math.isinf(p):
-        return "diverged"
-    return f"{p:+.1%} loss"
-
-
 def _parser() -> argparse.ArgumentParser:
     p = command_parser(
         "study.predict", "Predict lr* at a width beyond the study's, and verify it with trials."
     )
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the storage")
     p.add_argument("--study-name", default=None, help="the study (default: the storage's only one)")
-    p.add_argument("--width", type=int, required=True, help="the width to predict lr* for")
+    p.add_argument(
+        "--width", type=int, required=True, help="the width to predict lr* for (required)"
+    )
     p.add_argument(
         "--verify",
         type=int,
@@ -149,7 +75,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help=f"then run K >= {MIN_VERIFY} trials at that width and compare (default: 0, none)",
     )
-    p.add_argument("--out", default=None, help="write prediction.json into this folder")
+    p.add_argument(
+        "--out", default=None, help="write prediction.json into this folder (default: none)"
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        help="seconds between a verification trial's heartbeats; one silent for 3x this is "
+        "failed and run again",
+    )
     p.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
@@ -169,8 +104,8 @@ def _check(args: argparse.Namespace, widths: list[int]) -> None:
         )
     if args.verify and args.verify < MIN_VERIFY:
         raise UserError(f"--verify needs at least {MIN_VERIFY} trials, got {args.verify}")
-    if args.verify < 0:
-        raise UserError(f"--verify must be 0 or at least {MIN_VERIFY}, got {args.verify}")
+    if args.heartbeat < 1:
+        raise UserError(f"--heartbeat must be a positive integer, got {args.heartbeat}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,8 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from study.cost import check_memory
             from study.space import with_changes
 
+            try:
+                wide = with_changes(space, {"model.widths": [args.width]})
+            except UserError as e:  # e.g. "...: model.widths: must be at most 16,777,216, ..."
+                raise UserError(f"--width {str(e).rpartition('model.widths: ')[2]}") from None
             check_memory(
-                with_changes(space, {"model.widths": [args.width]}),
+                wide,
                 resolve_device(args.device),
                 source=f"--width {args.width}",
             )
@@ -238,7 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{plan['lrs'][0]:.3g} .. {plan['lrs'][-1]:.3g}"
         )
         status = run_verification(
-            args.storage, study.study_name, space, args.device, args.width, plan["lrs"], say
+            args.storage,
+            study.study_name,
+            space,
+            args.device,
+            args.width,
+            plan["lrs"],
+            say,
+            args.heartbeat,
         )
         if status != 0:
             return status
@@ -254,8 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"[{e.lr_low:.3g}, {e.lr_high:.3g}], {where} the prediction interval"
             )
         say(
-            f"penalty:    at the predicted lr {_penalty_words(v.penalty_pred)}; at plain "
-            f"transfer's lr {_penalty_words(v.penalty_transfer)} (against the best loss found "
+            f"penalty:    at the predicted lr {penalty_words(v.penalty_pred)}; at plain "
+            f"transfer's lr {penalty_words(v.penalty_transfer)} (against the best loss found "
             f"at width {args.width})"
         )
         out.update(v.to_json())

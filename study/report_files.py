@@ -23,10 +23,12 @@ from study.analysis import (
     in_plain_words,
     points_from_trials,
 )
+from study.extrapolate import Prediction, extrapolation_json, extrapolation_words, predict
 from study.importances import PendingImportances
 from study.interaction import variance_shares
 from study.names import LR, SPACE, WIDTH
 from study.report_note import note_markdown, provenance, provenance_html
+from study.verification import Verification, verification_points, verified_widths
 
 __all__ = [
     "DASHBOARD_FIGURE_ID",
@@ -46,7 +48,24 @@ def dashboard_figures(rep: StudyReport) -> dict[str, Any]:
     from study import figures_grid
 
     panel = (rep.name, rep.points, rep.fit, rep.lr_range)
-    return {DASHBOARD_FIGURE_ID: figures_grid.plotly_answer(panel)}
+    return {DASHBOARD_FIGURE_ID: figures_grid.plotly_answer(panel, _verifications(rep))}
+
+
+def _verifications(rep: StudyReport) -> list[tuple[Prediction, Verification | None]]:
+    """Each width the study was verified at (``study.predict --verify``): the prediction from
+    the study's fit now, and what its trials measured (None before any finished)."""
+    out: list[tuple[Prediction, Verification | None]] = []
+    space = rep.study.user_attrs.get(SPACE) or {}
+    base = (space.get("model") or {}).get("base_width") or min(rep.widths)
+    trials = rep.study.get_trials(deepcopy=False)
+    for width in verified_widths(rep.study.user_attrs):
+        try:
+            pred = predict(rep.fit, width, base)
+        except ValueError:  # no fit (yet): nothing to compare with
+            continue
+        points = verification_points(trials, width)
+        out.append((pred, Verification(points, pred, rep.lr_range) if points else None))
+    return out
 
 
 def _space_of(
@@ -208,7 +227,9 @@ def _html(
             f"<h2>{html.escape(rep.name)}</h2>"
             f"<p><b>{html.escape(in_plain_words(rep.fit))}</b></p>"
             f"<p>{html.escape(headline(rep.fit, rep.name))}</p>"
-            f"<p>{html.escape(rep.fit.note)}</p><table><tr><th>width</th><th>lr*</th>"
+            f"<p>{html.escape(rep.fit.note)}</p>"
+            f"<p>{html.escape(extrapolation_words(rep.fit))}</p>"
+            "<table><tr><th>width</th><th>lr*</th>"
             "<th>low</th><th>high</th><th>best loss</th><th>trials</th><th>complete</th>"
             "<th>pruned</th><th>diverged</th><th>at edge</th><th>note</th></tr>"
             f"{rows}</table>"
@@ -256,6 +277,11 @@ def write_report(
     origin = provenance(rep, storage_url)
     fit_json["provenance"] = origin
     fit_json["variance_shares"] = variance_shares(rep.points)
+    fit_json["extrapolation"] = extrapolation_json(rep.fit)
+    verified = _verifications(rep)
+    fit_json["verifications"] = [
+        {**pred.to_json(), **(v.to_json() if v else {})} for pred, v in verified
+    ]
     (out / "fit.json").write_text(json.dumps(fit_json, indent=2) + "\n")
     _write_trials(out / "trials.csv", rep.study.get_trials(deepcopy=False))
     written = [out / "summary.csv", out / "fit.json", out / "trials.csv"]
@@ -267,7 +293,7 @@ def write_report(
         (out / "compare.json").write_text(json.dumps(compare, indent=2) + "\n")
         written.append(out / "compare.json")
     interactive: list[tuple[str, Any]] = [
-        ("Optimal learning rate vs width", figures_plotly.plotly_lr_star(panels)),
+        ("Optimal learning rate vs width", figures_plotly.plotly_lr_star(panels, verified)),
         ("Loss over width × learning rate, with lr*", figures_grid.plotly_landscape(panels[0])),
     ]
     if shares := variance_shares(rep.points):

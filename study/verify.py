@@ -101,10 +101,11 @@ def run_verification(
     width: int,
     lrs: list[float],
     say: Callable[..., Any],
+    heartbeat_s: int = 10,
 ) -> int:
     """Run the verification trials at ``width`` until each of ``lrs`` has finished once.
     Returns 0, or 130 after Ctrl-C (the trial running is failed; the next run redoes it)."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     study = optuna.load_study(
         study_name=study_name, storage=storage, pruner=optuna.pruners.NopPruner()
     )
