@@ -6,6 +6,10 @@ Measures, in one run on this machine, and writes ``bench.json`` and a table:
 * training FLOP/s per width (~ 6 x weights x samples / seconds) and its fraction of that peak,
   of a whole run (with its setup and evaluations) and of its training steps alone;
 * ``trial.report`` latency (median, 99th percentile) on the tool's SQLite and on a default one;
+* time to answer: seconds from each run's launch until alpha's 95% interval was first at most
+  0.3 wide with every width inside its lr range (its trials replayed in the order they ended),
+  the alpha there and its distance from the reference's at the end; and the tool run with
+  ``--until-ci 0.3``, which stops there;
 * the default study run by the tool (its defaults: one worker per core, stacking on), the same
   space with no pruning, no early stopping, no stacking and one trial at a time (the reference
   answer), and the naive baseline (``scripts/baseline_naive.py``: DataLoader, default
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ from optuna.trial import TrialState
 from study.analysis import analyze, points_from_trials
 from study.builders import default_workers
 from study.data import load_dataset
+from study.live import answer_of
 from study.model import build_model, count_parameters
 from study.space import Space, load_space, resolve_space_path, space_to_toml, with_changes
 from study.storage import open_storage, use_wal
@@ -55,6 +61,8 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
+# The width of alpha's 95% interval the time-to-answer rows wait for (--until-ci of the tool).
+UNTIL_CI = 0.3
 
 
 def matmul_peak(
@@ -207,6 +215,28 @@ def study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
     }
 
 
+def time_to_answer(
+    url: str, name: str, space_name: str, launched: datetime, until_ci: float = UNTIL_CI
+) -> dict[str, Any]:
+    """When a run's answer first settled: its finished trials replayed in the order they ended,
+    the report's analysis (study.live.Answer.settles) after every 5th. Seconds from the run's
+    launch to the trial that settled it; None for "never" within the run's trials."""
+    space = load_space(space_name)
+    study = optuna.load_study(study_name=name, storage=url)
+    done = sorted(
+        (t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+        key=operator.attrgetter("datetime_complete"),
+    )
+    widths, lr_range = list(space.model.widths), (space.lr.low, space.lr.high)
+    for n in [*range(5, len(done), 5), len(done)]:
+        fit = analyze(points_from_trials(done[:n]), widths, lr_range)
+        answer = answer_of(fit, n)
+        if answer.settles(until_ci):
+            seconds = (done[n - 1].datetime_complete - launched).total_seconds()
+            return {"seconds": seconds, "trials": n, "alpha": fit.alpha, "ci": answer.ci_width}
+    return {"seconds": None, "trials": None, "alpha": None, "ci": None}
+
+
 def without_speedups(space: Space) -> Space:
     """The reference's space, ``NAME_nopruning``: its pruner set to "none" (the default prunes)
     and early stopping off, so that every trial trains every epoch."""
@@ -262,8 +292,16 @@ def compare_studies(
             "--quiet",
         ]
 
-    runs = {"tool": tool(space_path, "tool.db")}
-    space_files = {"tool": space_path, "reference": no_prune, "naive": space_path}
+    runs = {
+        "tool": tool(space_path, "tool.db"),
+        "tool_until": [*tool(space_path, "tool_until.db"), "--until-ci", str(UNTIL_CI)],
+    }
+    space_files = {
+        "tool": space_path,
+        "tool_until": space_path,
+        "reference": no_prune,
+        "naive": space_path,
+    }
     # The tool again with bf16 matmuls (training.matmul_precision = "medium"), where this CPU
     # has them and the space multiplies in fp32: judged against the same fp32 reference.
     if measures_bf16(space):
@@ -309,9 +347,12 @@ def compare_studies(
     for name, cmd in runs.items():
         for suffix in ("", "-wal", "-shm"):
             (folder / f"{name}.db{suffix}").unlink(missing_ok=True)
+        launched = datetime.now()  # as Optuna stamps trials: local time, no zone
         wall = _timed(cmd, folder)
         study_name = load_space(str(space_files[name])).name  # each run's study: its space's
-        facts = study_facts(f"sqlite:///{folder / f'{name}.db'}", study_name, str(space_path))
+        url = f"sqlite:///{folder / f'{name}.db'}"
+        facts = study_facts(url, study_name, str(space_path))
+        facts["time_to_answer"] = time_to_answer(url, study_name, str(space_path), launched)
         n_proc = tool_procs if name.startswith("tool") else 1
         facts["wall_s"] = wall
         # Shares of the CPU time (wall x processes): training steps; the per-epoch evaluation;
@@ -332,7 +373,11 @@ def compare_studies(
             facts["outside_training_share"] = max(0.0, 1 - steps / cpu)
         out[name] = facts
     ref_interval = out["reference"]["lr_interval"]
-    for name in ("tool", "tool_bf16", "naive"):
+    for name in ("tool", "tool_until", "tool_bf16", "naive", "reference"):
+        answer = out[name]["time_to_answer"] if name in out else {}
+        if answer.get("alpha") is not None and out["reference"]["alpha"] is not None:
+            answer["alpha_from_reference"] = answer["alpha"] - out["reference"]["alpha"]
+    for name in ("tool", "tool_until", "tool_bf16", "naive"):
         if name not in out:
             continue
         out[name]["lr_star_moves_log2"] = lr_star_moves(out[name], out["reference"])
@@ -398,7 +443,7 @@ def _table(res: dict[str, Any]) -> str:
         "run        wall s  trials  epochs  outside training  alpha   max |lr* move| log2  "
         "inside ref. interval",
     ]
-    for name in ("tool", "tool_bf16", "reference", "naive"):
+    for name in ("tool", "tool_until", "tool_bf16", "reference", "naive"):
         if name not in st:
             continue
         s = st[name]
@@ -414,6 +459,24 @@ def _table(res: dict[str, Any]) -> str:
         )
     if "tool_processes" in st:
         lines.append(f"(tool: {st['tool_processes']} processes, one torch thread each)")
+    lines += [
+        "",
+        f"time to answer (alpha's interval <= {UNTIL_CI} wide, every width inside its range):",
+        "run        seconds from launch  trials  alpha  interval  alpha - reference's at "
+        f"{st['reference']['trials']}",
+    ]
+    for name in ("tool", "tool_until", "tool_bf16", "reference", "naive"):
+        answer = st.get(name, {}).get("time_to_answer")
+        if not answer:
+            continue
+        if answer["seconds"] is None:
+            lines.append(f"{name:<9}  {'never':>19}")
+            continue
+        gap = answer.get("alpha_from_reference")
+        lines.append(
+            f"{name:<9}  {answer['seconds']:19.1f}  {answer['trials']:6d}  {answer['alpha']:5.2f}  "
+            f"{answer['ci']:8.2f}  " + (f"{gap:+.2f}" if gap is not None else "-")
+        )
     lines += [
         "",
         "CPU time (wall x processes)  steps  evaluation  in-trial storage  between trials",

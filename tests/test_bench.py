@@ -6,6 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from study.space import (
@@ -18,6 +19,7 @@ from study.space import (
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))  # the bench lives there, outside the package
+import bench  # noqa: E402
 from bench import compare_studies, without_speedups  # noqa: E402
 
 
@@ -60,6 +62,10 @@ def test_the_studies_run_on_a_space_given_as_a_relative_path(workdir: Path) -> N
     runs = ["tool", "reference", "naive"] + (["tool_bf16"] if "tool_bf16" in out else [])
     for name in runs:
         assert out[name]["trials"] == 8, name
+    assert 0 < out["tool_until"]["trials"] <= 8  # --until-ci: 8 at most
+    for name in [*runs, "tool_until"]:
+        answer = out[name]["time_to_answer"]
+        assert answer["seconds"] is None or answer["seconds"] > 0, name
     assert set(out["tool"]["lr_star"]) == {"8", "16", "32"}
     assert (workdir / "bench" / "mine_nopruning.toml").exists()
 
@@ -105,3 +111,21 @@ def test_training_flops_are_those_of_the_fastest_run_as_the_peak_is(
     rows = bench.training_flops("smoke", epochs=1, repeats=3)
     assert [row["seconds_per_epoch"] for row in rows] == [1.0] * len(widths)
     assert next(times, None) is None  # three runs a width, no more
+
+
+def test_time_to_answer_is_when_the_replayed_trials_first_settle(workdir: Path) -> None:
+    from datetime import timedelta
+
+    from study.run import main as run_main
+
+    args = ["--space", "smoke", "--trials", "30", "--storage", "sqlite:///t.db", "--workers", "1"]
+    assert run_main([*args, "--quiet", "--no-report"]) == 0
+    study = optuna.load_study(study_name="smoke", storage="sqlite:///t.db")
+    launched = min(t.datetime_start for t in study.trials) - timedelta(seconds=2)
+    wide = bench.time_to_answer("sqlite:///t.db", "smoke", "smoke", launched, until_ci=100)
+    assert wide["trials"] is not None and wide["trials"] % 5 == 0 or wide["trials"] == 30
+    ended = sorted(t.datetime_complete for t in study.trials)
+    assert wide["seconds"] == (ended[wide["trials"] - 1] - launched).total_seconds() > 2
+    assert wide["ci"] <= 100 and wide["alpha"] is not None
+    never = bench.time_to_answer("sqlite:///t.db", "smoke", "smoke", launched, until_ci=1e-6)
+    assert never == {"seconds": None, "trials": None, "alpha": None, "ci": None}
