@@ -53,6 +53,7 @@ from study.storage import (
 )
 from study.train import matmul_arithmetic
 from study.urls import dashboard_url, mask_argv, mask_url
+from study.user_parts import prepare_space
 from study.workers import (
     WorkerConfig,
     quiet_sqlalchemy_log,
@@ -141,7 +142,7 @@ def run_study(
     quiet_sqlalchemy_log()
     quiet_storage_full_threads()
     say: Callable[..., Any] = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    loaded = load_space(space or DEFAULT_SPACE)
+    loaded = prepare_space(load_space(space or DEFAULT_SPACE))  # a user's model and data checked
     where = resolve_device(device)
     # Before anything is stored: the widest trial fits in the device's memory.
     check_memory(loaded, where, source=space_source(space or DEFAULT_SPACE))
@@ -155,7 +156,7 @@ def run_study(
         if stored is not None:
             if stored.get("name") == loaded.name:
                 differ = space_diff(stored, loaded.to_dict())
-            loaded = space_from_dict(stored)
+            loaded = prepare_space(space_from_dict(stored))  # the same data, or refused
             check_memory(loaded, where, source="the study's stored space")
         args = dict(space=space, trials=trials, storage=storage, study_name=study_name)
         resume = _resume_command(**args, workers=workers)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study._errors import SpaceError
+from study._errors import SpaceError, UserError
 from study.space_config import ModelConfig, Space, _FieldError
 
 __all__ = ["Cost", "check_memory", "estimate_cost", "host_memory_available"]
@@ -59,6 +59,21 @@ def _n_params(model: ModelConfig, width: int, n_features: int, n_classes: int) -
     return hidden + sizes[-1] * (_IMAGE_PIXELS // 4) * n_classes + n_classes
 
 
+def _user_params(space: Space, width: int) -> int:
+    """Parameters of the user's model at ``width``, built on torch's meta device (shapes only,
+    no memory); where the factory cannot build there, on the CPU."""
+    import torch
+
+    from study.user_parts import build_user_model
+
+    try:
+        with torch.device("meta"):
+            model = build_user_model(space.model, width)
+    except UserError:
+        model = build_user_model(space.model, width)
+    return sum(p.numel() for p in model.parameters())
+
+
 def estimate_cost(space: Space, width: int, stack: int = 1) -> Cost:
     """What a trial of ``width`` needs (:class:`Cost`), ``stack`` trials trained at once.
 
@@ -70,15 +85,21 @@ def estimate_cost(space: Space, width: int, stack: int = 1) -> Cost:
     n, n_features, n_classes = space.dataset.shape
     n_val = min(max(space.dataset.n_val, 1), n - 1)
     batch = min(space.training.batch_size, n - n_val)
-    params = _n_params(space.model, width, n_features, n_classes)
     opt = space.optimizer
     state = 2 if opt.name != "sgd" else (1 if opt.momentum else 0)
     per_param = 2 + state + (2 if stack > 1 else 0)
     sizes = space.model.hidden_sizes(width)
-    if space.model.family == "mlp":  # an activation and its gradient per unit
+    if space.model.factory is not None:  # a user's model: its parameters counted, not made
+        params = _user_params(space, width)
+        # Its activations are unknown: a guess of a few layers of ``width`` units.
+        train = 2 * (n_features + 4 * width + n_classes)
+        val = 2 * width + n_classes
+    elif space.model.family == "mlp":  # an activation and its gradient per unit
+        params = _n_params(space.model, width, n_features, n_classes)
         train = 2 * (n_features + sum(sizes) + n_classes)
         val = 2 * max(sizes) + n_classes
     else:  # conv output, ReLU output and a gradient per channel and pixel
+        params = _n_params(space.model, width, n_features, n_classes)
         train = _IMAGE_PIXELS * (1 + 3 * sum(sizes)) + sizes[-1] * _IMAGE_PIXELS // 4 + n_classes
         val = 2 * max(sizes) * _IMAGE_PIXELS + n_classes
     member = _FLOAT32 * (params * per_param + batch * train + n_val * val)

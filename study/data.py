@@ -24,10 +24,10 @@ __all__ = ["Dataset", "load_dataset"]
 @dataclass(frozen=True)
 class Dataset:
     x_train: torch.Tensor  # float32 [n_train, n_features]
-    y_train: torch.Tensor  # int64 [n_train]
+    y_train: torch.Tensor  # int64 [n_train] (cross_entropy), float32 [n_train, n_classes] (mse)
     x_val: torch.Tensor
     y_val: torch.Tensor
-    n_classes: int
+    n_classes: int  # the model's outputs: classes, or targets under mse
     # The 8x8 image shape for digits (used by convolutional models), None otherwise.
     image_shape: tuple[int, int] | None = None
 
@@ -81,25 +81,42 @@ def _split_indices(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.nd
 
 
 @functools.lru_cache(maxsize=4)
-def _split(cfg: DatasetConfig, seed: int) -> tuple[np.ndarray, ...]:
-    x, y = _digits() if cfg.name == "digits" else _teacher_student(cfg, seed)
-    tr, va = _split_indices(y, cfg.val_fraction, seed)
-    x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+def _split(cfg: DatasetConfig, seed: int, loss: str = "cross_entropy") -> tuple[np.ndarray, ...]:
+    if cfg.is_users:
+        from study.user_parts import user_arrays
+
+        x, y, x_va, y_va = user_arrays(cfg, loss)
+        if x_va is None:  # split here: stratified for class labels, at random for targets
+            labels = y if y.ndim == 1 else np.zeros(len(y), dtype=np.int64)
+            tr, va = _split_indices(labels, cfg.val_fraction, seed)
+            x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+        else:
+            x_tr, y_tr = x, y
+    else:
+        x, y = _digits() if cfg.name == "digits" else _teacher_student(cfg, seed)
+        tr, va = _split_indices(y, cfg.val_fraction, seed)
+        x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+        if loss == "mse":  # class labels as one-hot targets
+            eye = np.eye(cfg.shape[2])
+            y_tr, y_va = eye[y_tr], eye[y_va]
     mean = x_tr.mean(axis=0)
     std = x_tr.std(axis=0)
     std[std == 0] = 1.0  # constant pixels (digits' borders) stay zero instead of dividing by 0
     return (x_tr - mean) / std, y_tr, (x_va - mean) / std, y_va
 
 
-def load_dataset(cfg: DatasetConfig, seed: int, device: torch.device | str = "cpu") -> Dataset:
+def load_dataset(
+    cfg: DatasetConfig, seed: int, device: torch.device | str = "cpu", loss: str = "cross_entropy"
+) -> Dataset:
     """Load, split and standardize a dataset and move it to ``device``.
 
     Args:
         cfg: the space's dataset section.
         seed: fixes the train/validation split (and the teacher for ``teacher_student``).
         device: where the tensors live for the whole study.
+        loss: the space's ``training.loss``: mse gets float targets (class labels one-hot).
     """
-    x_tr, y_tr, x_va, y_va = _split(cfg, seed)
+    x_tr, y_tr, x_va, y_va = _split(cfg, seed, loss)
     n_classes = cfg.shape[2]
 
     def f32(a: np.ndarray) -> torch.Tensor:
@@ -108,11 +125,12 @@ def load_dataset(cfg: DatasetConfig, seed: int, device: torch.device | str = "cp
     def i64(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.int64, device=device)
 
+    target = f32 if loss == "mse" else i64
     return Dataset(
         x_train=f32(x_tr),
-        y_train=i64(y_tr),
+        y_train=target(y_tr),
         x_val=f32(x_va),
-        y_val=i64(y_va),
+        y_val=target(y_va),
         n_classes=n_classes,
-        image_shape=(8, 8) if cfg.name == "digits" else None,
+        image_shape=(8, 8) if cfg.name == "digits" and not cfg.is_users else None,
     )

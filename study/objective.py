@@ -67,7 +67,8 @@ class Objective:
     @property
     def data(self) -> Dataset:
         if self._data is None:
-            self._data = load_dataset(self.space.dataset, self.space.seed, self.device)
+            space = self.space
+            self._data = load_dataset(space.dataset, space.seed, self.device, space.training.loss)
         return self._data
 
     def distributions(self, study: optuna.Study) -> tuple[BaseDistribution, FloatDistribution]:

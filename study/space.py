@@ -243,9 +243,17 @@ def load_space(name_or_path: str) -> Space:
         raise SpaceError(f"{shown}: cannot read: {e}") from None
     table.setdefault("name", path.stem)
     try:
-        return _build(Space, table, "")
+        space = _build(Space, table, "")
     except _FieldError as e:
         raise SpaceError(f"{shown}: {e.key}: {e.message}") from None
+    # A user's model and data are found from the space file's folder, wherever the run starts.
+    folder = path.resolve().parent
+    changes: dict[str, Any] = {}
+    if space.model.factory and not space.model.factory_dir:
+        changes["model.factory_dir"] = str(folder)
+    if space.dataset.path and not Path(space.dataset.path).is_absolute():
+        changes["dataset.path"] = str(folder / space.dataset.path)
+    return with_changes(space, changes) if changes else space
 
 
 def space_from_dict(stored: dict[str, Any]) -> Space:

@@ -78,12 +78,31 @@ class DatasetConfig:
     n_classes: int = 10
     teacher_width: int = 64
     label_noise: float = 0.0
+    # Your own data (name is then ignored): a CSV file (``target`` names the label column, every
+    # other column is a feature) or an .npz (arrays X, y, optionally X_val, y_val), its path
+    # relative to the space file; or ``factory = "module:function"`` returning (X, y) or
+    # (X, y, X_val, y_val). A study stores the data's sha256 and its shape (n_samples,
+    # n_features, n_classes: the outputs for mse), and refuses to resume on changed data.
+    path: str | None = None
+    target: str | None = None
+    factory: str | None = None
+    sha256: str | None = None
+
+    @property
+    def is_users(self) -> bool:
+        """Data from the user's file or code, not a built-in dataset."""
+        return self.path is not None or self.factory is not None
 
     def __post_init__(self) -> None:
         _require(0 < self.val_fraction < 1, "val_fraction", "must be between 0 and 1 exclusive")
-        _require_int(self.n_samples, 20, MAX_SAMPLES, "n_samples")
+        _require_int(self.n_samples, 4 if self.is_users else 20, MAX_SAMPLES, "n_samples")
         _require_int(self.n_features, 1, MAX_WIDTH, "n_features")
-        _require_int(self.n_classes, 2, MAX_WIDTH, "n_classes")
+        _require(
+            self.path is None or self.factory is None,
+            "factory",
+            "set either dataset.path or dataset.factory, not both",
+        )
+        _require_int(self.n_classes, 1 if self.is_users else 2, MAX_WIDTH, "n_classes")
         _require_int(self.teacher_width, 1, MAX_WIDTH, "teacher_width")
         _require(0 <= self.label_noise <= 1, "label_noise", "must be between 0 and 1 inclusive")
         n, n_val = self.shape[0], self.n_val
@@ -97,7 +116,7 @@ class DatasetConfig:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Samples, input features and classes of the dataset."""
-        if self.name == "digits":
+        if self.name == "digits" and not self.is_users:
             return _DIGITS_SHAPE
         return self.n_samples, self.n_features, self.n_classes
 
@@ -123,6 +142,11 @@ class ModelConfig:
     parametrization: Literal["sp", "mup"] = "sp"
     # The width at which muP equals SP; default: the narrowest width.
     base_width: int | None = None
+    # Your own model: "module:function", a function(width) -> torch.nn.Module, the module found
+    # beside the space file (``factory_dir``, filled in when the space is read), in the current
+    # folder, or installed. family, depth and hidden_multipliers are then ignored.
+    factory: str | None = None
+    factory_dir: str | None = None
 
     def __post_init__(self) -> None:
         _require(len(self.widths) >= 1, "widths", "must list at least one width")
@@ -219,6 +243,9 @@ class TrainingConfig:
     # there and completes with its best loss (0: off, every trial trains every epoch). Its value
     # changes only where the loss would have improved again later: docs/speed.md, "Early stopping".
     patience: int = 0
+    # cross_entropy: class labels, the model's outputs are logits. mse: numeric targets, one
+    # output per target column (class labels become one-hot targets).
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
 
     def __post_init__(self) -> None:
         _require_int(self.epochs, 1, MAX_EPOCHS, "epochs")
@@ -301,7 +328,9 @@ class Space:
         _require(bool(self.name.strip()), "name", "must not be empty")
         _require_int(self.seed, 0, 2**63 - 1, "seed")
         _require(
-            self.model.family != "cnn" or self.dataset.name == "digits",
+            self.model.family != "cnn"
+            or self.model.factory is not None
+            or (self.dataset.name == "digits" and not self.dataset.is_users),
             "model.family",
             "'cnn' needs image data: set dataset.name = 'digits'",
         )
@@ -316,6 +345,13 @@ class Space:
             ("pruner", "protect_log2", 0.0),
             ("training", "matmul_precision", "highest"),
             ("training", "patience", 0),
+            ("training", "loss", "cross_entropy"),
+            ("model", "factory", None),
+            ("model", "factory_dir", None),
+            ("dataset", "path", None),
+            ("dataset", "target", None),
+            ("dataset", "factory", None),
+            ("dataset", "sha256", None),
         ):
             if d[section][key] == default:
                 del d[section][key]

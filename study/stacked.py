@@ -38,7 +38,12 @@ __all__ = ["can_stack", "train_stacked"]
 
 def can_stack(space: Space) -> bool:
     """Whether :func:`train_stacked` supports this space (else train one trial at a time)."""
-    return space.model.family == "mlp" and space.training.schedule in ("none", "cosine")
+    return (
+        space.model.family == "mlp"
+        and space.model.factory is None  # a user's model trains one trial at a time
+        and space.training.loss == "cross_entropy"
+        and space.training.schedule in ("none", "cosine")
+    )
 
 
 class _Stack:

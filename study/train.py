@@ -91,6 +91,15 @@ class TrainResult:
     setup_seconds: float = 0.0
 
 
+def make_model(space: Space, width: int, data: Dataset) -> nn.Module:
+    """The space's model at ``width``: the user's (``model.factory``) or a built-in family."""
+    if space.model.factory is not None:
+        from study.user_parts import build_user_model
+
+        return build_user_model(space.model, width)
+    return build_model(space.model, width, data.n_features, data.n_classes, data.image_shape)
+
+
 def make_optimizer(space: Space, model: Model, lr: float) -> torch.optim.Optimizer | FusedOptimizer:
     """The space's optimizer, with per-layer groups under muP (see :mod:`study.model`).
 
@@ -100,7 +109,22 @@ def make_optimizer(space: Space, model: Model, lr: float) -> torch.optim.Optimiz
     ``torch.optim``'s own, fused where it can be.
     """
     opt = space.optimizer
-    groups = param_groups(model, opt.name, lr, opt.weight_decay)
+    if not isinstance(model, Model):  # a user's model (model.factory)
+        from study.user_parts import is_mup_model
+
+        if is_mup_model(model):  # built with the mup package: its own muP optimizers
+            import mup
+
+            params = list(model.parameters())
+            if opt.name == "sgd":
+                return mup.MuSGD(
+                    params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+                )
+            make = mup.MuAdamW if opt.name == "adamw" else mup.MuAdam
+            return make(params, lr=lr, weight_decay=opt.weight_decay)
+        groups = [{"params": list(model.parameters()), "lr": lr, "weight_decay": opt.weight_decay}]
+    else:
+        groups = param_groups(model, opt.name, lr, opt.weight_decay)
     device = next(model.parameters()).device
     fused = device.type in FUSED_DEVICES
     if fused and space.training.schedule != "plateau" and _torch_kernels.PRIVATE_KERNELS:
@@ -123,11 +147,27 @@ def to_fast_layout(model: nn.Module, device: torch.device) -> None:
         model.to(memory_format=torch.channels_last)
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def loss_function(space: Space) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The space's ``training.loss``: cross-entropy on logits, or the mean squared error."""
+    if space.training.loss == "mse":
+        return nn.functional.mse_loss
+    return nn.functional.cross_entropy
+
+
+def _evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+) -> tuple[torch.Tensor, ...]:
+    """Validation loss and accuracy (NaN for targets that are not class labels)."""
     with torch.no_grad():
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        acc = (logits.argmax(dim=1) == y).float().mean()
+        out = model(x)
+        loss = loss_fn(out, y)
+        if y.dtype == torch.int64:
+            acc = (out.argmax(dim=1) == y).float().mean()
+        else:
+            acc = torch.full((), math.nan, device=out.device)
     return loss, acc
 
 
@@ -218,16 +258,19 @@ def train(
     start = time.perf_counter()
     device = data.x_train.device
     torch.manual_seed(seed)
-    model = build_model(space.model, width, data.n_features, data.n_classes, data.image_shape).to(
-        device
-    )
+    model = make_model(space, width, data).to(device)
     to_fast_layout(model, device)
     optimizer = make_optimizer(space, model, lr)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     # On CPU an MLP's step is computed by hand (autograd's ops and result, less its overhead).
+    loss_fn = loss_function(space)
     mlp_step = (
         MLPStep(model)
-        if _torch_kernels.PRIVATE_KERNELS and device.type == "cpu" and MLPStep.supports(model)
+        if _torch_kernels.PRIVATE_KERNELS
+        and device.type == "cpu"
+        and isinstance(model, Model)
+        and space.training.loss == "cross_entropy"
+        and MLPStep.supports(model)
         else None
     )
     cfg = space.training
@@ -240,7 +283,7 @@ def train(
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
 
-    initial_val_loss = float(_evaluate(model, data.x_val, data.y_val)[0])
+    initial_val_loss = float(_evaluate(model, data.x_val, data.y_val, loss_fn)[0])
     limit = cfg.divergence_factor * initial_val_loss
     n = data.x_train.shape[0]
     result = TrainResult(
@@ -271,7 +314,7 @@ def train(
             if mlp_step is not None:
                 loss = mlp_step(data.x_train[idx], data.y_train[idx])
             else:
-                loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
@@ -279,7 +322,7 @@ def train(
             n_batches += 1
         model.eval()
         t_eval = time.perf_counter()
-        val_loss_t, val_acc_t = _evaluate(model, data.x_val, data.y_val)
+        val_loss_t, val_acc_t = _evaluate(model, data.x_val, data.y_val, loss_fn)
         epoch_lr = lr * optimizer.param_groups[0]["lr"] / base_lrs[0]  # after the schedule
         # The one host sync of the epoch.
         train_loss, val_loss, val_acc = torch.stack(
