@@ -10,10 +10,11 @@ under SP), the lr muTransfer would carry over unchanged.
 Verification trials are stored in the study itself, marked with the width they verify and
 their index (``verify_width``, ``verify_index``): never fitted, never counted toward
 ``--trials``. Their lrs are fixed once, on the first run, and stored with the study
-(``verify_plan:W``): spread evenly in log lr from half the prediction interval's lower end to
-twice its upper end, and out to plain transfer's lr. A killed run leaves its trial RUNNING;
-the next run fails it once its heartbeat is stale and runs that index again, so the same K
-trials finish, no more. They are trained to the end (no pruning), to measure the whole valley.
+(``verify_plan:W``): spread evenly in log lr from a quarter of the prediction interval's lower
+end to four times its upper end, and one at plain transfer's lr. A killed run leaves its trial
+RUNNING; the next run fails it once its heartbeat is stale and runs that index again, so the
+same K trials finish, no more. They are trained to the end (no pruning), to measure the
+whole valley.
 """
 
 from __future__ import annotations
@@ -49,14 +50,19 @@ __all__ = ["main", "plan_lrs"]
 MIN_VERIFY = 3
 
 
+# How far beyond the prediction interval the verification lrs reach on each side (a factor).
+BEYOND = 4.0
+
+
 def plan_lrs(pred: Prediction, k: int, lr_range: tuple[float, float]) -> list[float]:
-    """``k`` lrs evenly spread in log lr over the prediction interval and beyond it on both
-    sides (half its low end to twice its high end), reaching plain transfer's lr; within the
-    study's lr range."""
-    low = min(pred.lr_low / 2, pred.lr_transfer)
-    high = max(pred.lr_high * 2, pred.lr_transfer)
-    low, high = max(low, lr_range[0]), min(high, lr_range[1])
-    return [float(x) for x in np.geomspace(low, high, k)]
+    """``k`` lrs: evenly spread in log lr over the prediction interval and a factor
+    :data:`BEYOND` past it on both sides, within the study's lr range; one of them at plain
+    transfer's lr where that lies outside this span (so its penalty is measured, not guessed)."""
+    low = max(pred.lr_low / BEYOND, lr_range[0])
+    high = min(pred.lr_high * BEYOND, lr_range[1])
+    outside = not low <= pred.lr_transfer <= high
+    lrs = [float(x) for x in np.geomspace(low, high, k - 1 if outside else k)]
+    return sorted([*lrs, pred.lr_transfer]) if outside else lrs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         trials = load_report_study(args.storage, study.study_name).get_trials(deepcopy=False)
         v = Verification(verification_points(trials, args.width), pred, rep.lr_range)
         e = v.estimate
-        if e.lr_star is None:
-            say(f"measured:   no lr* at width {args.width}: {e.note}")
+        if e.lr_star is None or e.edge:
+            say(f"measured:   no trustworthy lr* at width {args.width}: {e.note}")
         else:
             where = "inside" if v.inside else "OUTSIDE"
             say(
