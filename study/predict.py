@@ -32,6 +32,7 @@ import optuna
 
 from study._cli import command_parser
 from study._errors import UserError
+from study.builders import default_workers, resolve_device
 from study.extrapolate import Prediction, extrapolation_words, predict
 from study.names import SPACE
 from study.report import load_report_study
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default=None, help="write prediction.json into this folder (default: none)"
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that run the verification trials (default: one per core on CPU, at "
+        "most 4; one on a GPU)",
+    )
+    p.add_argument(
         "--heartbeat",
         type=int,
         default=10,
@@ -110,6 +118,8 @@ def _check(args: argparse.Namespace, widths: list[int]) -> None:
         )
     if args.verify and args.verify < MIN_VERIFY:
         raise UserError(f"--verify needs at least {MIN_VERIFY} trials, got {args.verify}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be a positive integer, got {args.workers}")
     if args.heartbeat < 1:
         raise UserError(f"--heartbeat must be a positive integer, got {args.heartbeat}")
 
@@ -132,7 +142,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verify:
             if not space_dict:
                 raise UserError(f"study {study.study_name!r} stores no space to train with")
-            from study.builders import resolve_device
             from study.cost import check_memory
             from study.space import with_changes
 
@@ -191,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan["lrs"],
             say,
             args.heartbeat,
+            args.workers or default_workers(resolve_device(args.device), 1, len(plan["lrs"])),
         )
         if status != 0:
             return status

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from study._optuna_fixes import claim_waiting_trial, heartbeat
@@ -23,7 +24,7 @@ from study.builders import resolve_device
 from study.names import LR, SURPLUS, VERIFY_INDEX, VERIFY_WIDTH, WIDTH, WORKER
 from study.objective import Objective, create_trials, trial_seed, trial_template
 from study.runner import POLL_S, Deferred, _fail_all, _tell, _worker_id, fail_stale
-from study.space import Space
+from study.space import Space, space_from_dict
 from study.storage import open_storage
 from study.train import train
 
@@ -102,9 +103,52 @@ def run_verification(
     lrs: list[float],
     say: Callable[..., Any],
     heartbeat_s: int = 10,
+    workers: int = 1,
 ) -> int:
-    """Run the verification trials at ``width`` until each of ``lrs`` has finished once.
+    """Run the verification trials at ``width`` until each of ``lrs`` has finished once, in
+    this process and ``workers`` - 1 more (one torch thread each when there are several).
     Returns 0, or 130 after Ctrl-C (the trial running is failed; the next run redoes it)."""
+    args = (storage_url, study_name, space.to_dict(), device, width, lrs, heartbeat_s)
+    if workers <= 1:
+        return _verify(*args, say)
+    import multiprocessing
+
+    torch.set_num_threads(1)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=args, daemon=True) for _ in range(workers - 1)]
+    for p in procs:
+        p.start()
+    try:
+        status = _verify(*args, say)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    for p in procs:
+        p.join()
+    return status
+
+
+def _worker(*args: Any) -> None:
+    """A second process's share of the verification (its Ctrl-C handled by the first's end)."""
+    torch.set_num_threads(1)
+    try:
+        _verify(*args, lambda *a: None)
+    except KeyboardInterrupt:
+        pass
+
+
+def _verify(
+    storage_url: str,
+    study_name: str,
+    space_dict: dict[str, Any],
+    device: str,
+    width: int,
+    lrs: list[float],
+    heartbeat_s: int,
+    say: Callable[..., Any],
+) -> int:
+    space = space_from_dict(space_dict)
     storage = open_storage(storage_url, heartbeat_s=heartbeat_s)
     study = optuna.load_study(
         study_name=study_name, storage=storage, pruner=optuna.pruners.NopPruner()

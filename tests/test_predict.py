@@ -161,6 +161,8 @@ def test_verify_runs_its_trials_once_across_a_kill_and_never_counts_them(
         "4",
         "--heartbeat",
         "1",
+        "--workers",
+        "1",  # the process that takes the fault is the command's
         "--out",
         "out",
     ]
@@ -218,3 +220,19 @@ def test_verify_runs_its_trials_once_across_a_kill_and_never_counts_them(
     assert fit["verifications"][0]["lr_measured"] == written["lr_measured"]
     assert fit["extrapolation"]["largest_miss_log2"] is not None
     assert "measured at width 64" in (workdir / "rep" / "report.html").read_text()
+
+
+def test_verify_with_two_workers_runs_each_lr_once(db: Path, workdir: Path) -> None:
+    assert main(["--storage", URL, "--width", "64", "--verify", "5", "--workers", "2"]) == 0
+    mine = [t for t in load(URL, "smoke").trials if t.user_attrs.get(VERIFY_WIDTH) == 64]
+    done = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert sorted(t.user_attrs[VERIFY_INDEX] for t in done) == [0, 1, 2, 3, 4]
+    assert (
+        len(
+            {
+                t.user_attrs["worker"] if "worker" in t.user_attrs else t.system_attrs.get("worker")
+                for t in done
+            }
+        )
+        >= 1
+    )
