@@ -210,10 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.lr_star is None or e.edge:
             say(f"measured:   no trustworthy lr* at width {args.width}: {e.note}")
         else:
-            where = "inside" if v.inside else "OUTSIDE"
+            where = "inside" if v.inside else "outside"
+            assert v.miss_log2 is not None
+            side = "above" if v.miss_log2 > 0 else "below"
             say(
                 f"measured:   lr* at width {args.width} = {e.lr_star:.3g} "
-                f"[{e.lr_low:.3g}, {e.lr_high:.3g}], {where} the prediction interval"
+                f"[{e.lr_low:.3g}, {e.lr_high:.3g}]: {abs(v.miss_log2):.2f} log2 units "
+                f"({2 ** abs(v.miss_log2):.2g}x) {side} the prediction, {where} its interval"
+                + ("" if v.inside or not v.overlap else " (the two intervals overlap)")
             )
         say(
             f"penalty:    at the predicted lr {penalty_words(v.penalty_pred)}; at plain "

@@ -65,6 +65,14 @@ class Verification:
             self.estimate.lr_star is not None
             and pred.lr_low <= self.estimate.lr_star <= pred.lr_high
         )
+        e = self.estimate
+        self.miss_log2 = math.log2(e.lr_star / pred.lr_pred) if e.lr_star is not None else None
+        self.overlap = (
+            e.lr_low is not None
+            and e.lr_high is not None
+            and e.lr_low <= pred.lr_high
+            and pred.lr_low <= e.lr_high
+        )
         self.penalty_pred = self.penalty(pred.lr_pred)
         self.penalty_transfer = self.penalty(pred.lr_transfer)
 
@@ -90,6 +98,8 @@ class Verification:
             "lr_measured_low": e.lr_low,
             "lr_measured_high": e.lr_high,
             "inside": bool(self.inside),
+            "miss_log2": self.miss_log2,
+            "intervals_overlap": bool(self.overlap),
             "best_loss": self.best,
             "penalty_pred": _json_number(self.penalty_pred),
             "penalty_transfer": _json_number(self.penalty_transfer),
