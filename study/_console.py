@@ -80,6 +80,7 @@ class Progress:
         self.extra: Callable[[], str] | None = None  # e.g. the live answer (study.live)
 
     def update(self, counts: Counts, final: bool = False) -> None:
+        more = self.extra() if self.extra is not None else ""  # read even when quiet
         if self.quiet:
             return
         now = time.monotonic()
@@ -101,7 +102,7 @@ class Progress:
             f"(diverged {counts.diverged}) | best {best} | {_duration(elapsed)} elapsed, "
             f"{left} left"
         )
-        if self.extra is not None and (more := self.extra()):
+        if more:
             line += f" | {more}"
         if self.tty:
             self.stream.write("\r" + line + ("\n" if final else ""))

@@ -7,9 +7,10 @@ carries two uncertainties, added in quadrature in log2 lr:
 * the fit's: the spread of the bootstrap lines at W (each bootstrap replicate of the per-width
   lr* refitted, as the report's band, extended to W);
 * the scatter of the measured widths about the line: a new width departs from the power law as
-  much as the measured ones do, the OLS prediction interval
-  t(n-2) * s * sqrt(1 + 1/n + (x0 - mean x)^2 / Sxx) with s the residual standard deviation (with
-  only two widths there is no scatter to measure, and this term is left out: say so).
+  much as the measured ones do, t(n-2) * s with s the residual standard deviation of the
+  per-width lr* about the line (the OLS prediction interval's departure term; its line terms,
+  1/n and the leverage, are the bootstrap's spread above and are not counted twice). With only
+  two widths there is no scatter to measure: the term is left out, and the command says so.
 
 Leave-one-out: each measured width predicted from the others' lr* by the same line (no new
 trials); the largest miss, in log2 units, is how far a prediction has been off on this study.
@@ -104,7 +105,8 @@ def predict(fit: Fit, width: int, transfer_width: int) -> Prediction:
         s = math.sqrt(float((resid**2).sum()) / (n - 2))
         sxx = float(((x - x.mean()) ** 2).sum())
         t = _t975(n - 2)
-        half_scatter = t * s * math.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / sxx)
+        del sxx  # the line's own uncertainty is the bootstrap's (half_fit), not counted twice
+        half_scatter = t * s
     half = math.hypot(half_fit, half_scatter)
     nearest = min(fit.used_widths, key=lambda w: abs(math.log2(w / transfer_width)))
     return Prediction(

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study.figures import Panel, colors_of
 from study.figures_plotly import width_axis
-from study.names import DIVERGED, WIDTH
+from study.names import DIVERGED, WIDTH, is_verification
 
 __all__ = ["plotly_curves", "plotly_landscape", "plotly_variance_shares"]
 
@@ -157,6 +157,8 @@ def plotly_curves(trials: list[FrozenTrial], widths: list[int]) -> go.Figure:
     shown: set[str] = set()
     for t in trials:
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or not t.intermediate_values:
+            continue
+        if is_verification(t):  # study.predict's, at a width the study does not hold
             continue
         width = int(t.params.get(WIDTH, 0))
         diverged = bool(t.user_attrs.get(DIVERGED))

@@ -22,6 +22,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from study.names import is_verification
+
 __all__ = ["Importances", "PendingImportances", "importances_of"]
 
 
@@ -41,7 +43,9 @@ def importances_of(trials: Sequence[FrozenTrial], direction: StudyDirection) -> 
     copy = optuna.Study(
         storage.get_study_name_from_id(storage.create_new_study([direction])), storage
     )
-    copy.add_trials([t for t in trials if t.state == TrialState.COMPLETE])
+    copy.add_trials(
+        [t for t in trials if t.state == TrialState.COMPLETE and not is_verification(t)]
+    )
     out: dict[str, dict[str, float]] = {}
     notes = []
     for name, ev in (

@@ -10,8 +10,12 @@ trials' log loss over a grid of cells (each width x a bin of ``bin_log2`` in log
 * width x lr: what the two additive parts leave of the cell means, the interaction,
 
 by a weighted two-way fit of the cell means (each cell weighted by its trials; backfitting, as
-unbalanced two-way ANOVA does), and returns the three sums of squares as shares of their total.
-The scatter of trials within a cell (seeds, epochs, noise) is left out of all three.
+unbalanced two-way ANOVA does). Each is a share of the variation between cells: the
+interaction is what the additive fit leaves; width and lr are each what that factor adds to a
+fit holding the other one alone (type II sums of squares). Where a study's trials put lr and
+width together (each width's lrs near its own lr*), part of the variation belongs to either
+factor and neither share claims it: the three then add up to less than 1. The scatter of
+trials within a cell (seeds, epochs, noise) is left out of all three.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ INTERACTION = "width × lr"
 
 
 def variance_shares(points: list[Point], bin_log2: float = BIN_LOG2) -> dict[str, float]:
-    """Shares of ``width``, ``lr`` and :data:`INTERACTION` in the explained variation of log loss
-    (they sum to 1); empty where the complete trials span fewer than two widths or lr bins."""
+    """Shares of ``width``, ``lr`` and :data:`INTERACTION` in the variation of log loss between
+    cells (at most 1 together); empty where the complete trials span fewer than two widths or
+    lr bins."""
     cells: dict[tuple[int, int], list[float]] = defaultdict(list)
     for p in points:
         if p.state == "complete" and math.isfinite(p.value) and p.value > 0:
@@ -57,13 +62,20 @@ def variance_shares(points: list[Point], bin_log2: float = BIN_LOG2) -> dict[str
         a, b = a_new, b_new
         if done:
             break
-    a -= (n.sum(1) * a).sum() / n.sum()  # centred: the grand mean holds the constant
-    b -= (n.sum(0) * b).sum() / n.sum()
-    ss_width = float((n.sum(1) * a**2).sum())
-    ss_lr = float((n.sum(0) * b**2).sum())
     additive = grand + a[:, None] + b[None, :]
-    ss_inter = float((n * (m - additive) ** 2).sum())
-    total = ss_width + ss_lr + ss_inter
-    if not total > 0:
+    filled = n > 0
+    ss_between = float((n * (m - grand) ** 2)[filled].sum())
+    ss_inter = float((n * (m - additive) ** 2)[filled].sum())
+    # One factor alone: each cell at its width's (or lr bin's) mean.
+    width_mean = (n * m).sum(1) / np.maximum(n.sum(1), 1e-12)
+    lr_mean = (n * m).sum(0) / np.maximum(n.sum(0), 1e-12)
+    ss_res_width = float((n * (m - width_mean[:, None]) ** 2)[filled].sum())
+    ss_res_lr = float((n * (m - lr_mean[None, :]) ** 2)[filled].sum())
+    if not ss_between > 0:
         return {}
-    return {"width": ss_width / total, "lr": ss_lr / total, INTERACTION: ss_inter / total}
+    # Type II: what each factor adds to a model holding the other one.
+    return {
+        "width": max(0.0, ss_res_lr - ss_inter) / ss_between,
+        "lr": max(0.0, ss_res_width - ss_inter) / ss_between,
+        INTERACTION: ss_inter / ss_between,
+    }

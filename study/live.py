@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
@@ -26,7 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study.analysis import Fit
-from study.names import ANSWER
+from study.names import ANSWER, is_verification
 
 __all__ = ["LIVE_EVERY_S", "Answer", "LiveAnswer", "answer_of", "look", "settled", "stored_answer"]
 
@@ -101,7 +102,8 @@ def stored_answer(study: optuna.Study) -> Answer | None:
 
 
 def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sum(not is_verification(t) for t in done)
 
 
 def look(
@@ -140,13 +142,23 @@ def _live_main(
     storage = open_storage(storage_url, heartbeat_s=None, validated=True)
     study = optuna.load_study(study_name=study_name, storage=storage)
     seen = -1
+    failed = False  # said once
     try:
         while True:
             started = time.monotonic()
             finished = _finished(study)
             if finished != seen:
                 seen = finished
-                answer = look(study, storage_url, dashboard, target)
+                try:
+                    answer = look(study, storage_url, dashboard, target)
+                except Exception as e:  # e.g. "database is locked": the next look tries again
+                    seen = -1
+                    if not failed:
+                        print(
+                            f"live answer: a look failed ({type(e).__name__}: {e})", file=sys.stderr
+                        )
+                    failed = True
+                    answer = None
                 if answer is not None:
                     conn.send(answer)
             if conn.poll(max(0.0, LIVE_EVERY_S - (time.monotonic() - started))):

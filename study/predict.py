@@ -39,6 +39,7 @@ from study.report import load_report_study
 from study.report_files import analyse_study
 from study.storage import DEFAULT_STORAGE
 from study.urls import mask_url
+from study.user_parts import prepare_space
 from study.verification import (
     Verification,
     penalty_words,
@@ -59,8 +60,14 @@ def plan_lrs(pred: Prediction, k: int, lr_range: tuple[float, float]) -> list[fl
     """``k`` lrs: evenly spread in log lr over the prediction interval and a factor
     :data:`BEYOND` past it on both sides, within the study's lr range; one of them at plain
     transfer's lr where that lies outside this span (so its penalty is measured, not guessed)."""
-    low = max(pred.lr_low / BEYOND, lr_range[0])
-    high = min(pred.lr_high * BEYOND, lr_range[1])
+    low = min(max(pred.lr_low / BEYOND, lr_range[0]), lr_range[1])
+    high = max(min(pred.lr_high * BEYOND, lr_range[1]), lr_range[0])
+    if not high > low * 1.01:  # the whole span past one end of the study's lr range
+        raise UserError(
+            f"the predicted lr* at width {pred.width}, {pred.lr_pred:.3g} "
+            f"[{pred.lr_low:.3g}, {pred.lr_high:.3g}], lies outside the study's lr range "
+            f"{lr_range[0]:g}..{lr_range[1]:g}: verifying it needs a study with a wider range"
+        )
     outside = not low <= pred.lr_transfer <= high
     lrs = [float(x) for x in np.geomspace(low, high, k - 1 if outside else k)]
     return sorted([*lrs, pred.lr_transfer]) if outside else lrs
@@ -149,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wide = with_changes(space, {"model.widths": [args.width]})
             except UserError as e:  # e.g. "...: model.widths: must be at most 16,777,216, ..."
                 raise UserError(f"--width {str(e).rpartition('model.widths: ')[2]}") from None
+            space = prepare_space(space)  # the same data and a working model, or one line
             check_memory(
                 wide,
                 resolve_device(args.device),
@@ -185,23 +193,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from study.verify import run_verification
 
         if not plan:
-            plan = {"lrs": plan_lrs(pred, args.verify, rep.lr_range), "prediction": pred.to_json()}
+            try:
+                lrs = plan_lrs(pred, args.verify, rep.lr_range)
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            plan = {"lrs": lrs, "prediction": pred.to_json()}
             study.set_user_attr(verify_plan_key(args.width), plan)
         say(
             f"verify:     {len(plan['lrs'])} trials at width {args.width}, lr "
             f"{plan['lrs'][0]:.3g} .. {plan['lrs'][-1]:.3g}"
         )
-        status = run_verification(
-            args.storage,
-            study.study_name,
-            space,
-            args.device,
-            args.width,
-            plan["lrs"],
-            say,
-            args.heartbeat,
-            args.workers or default_workers(resolve_device(args.device), 1, len(plan["lrs"])),
-        )
+        try:
+            status = run_verification(
+                args.storage,
+                study.study_name,
+                space,
+                args.device,
+                args.width,
+                plan["lrs"],
+                say,
+                args.heartbeat,
+                args.workers or default_workers(resolve_device(args.device), 1, len(plan["lrs"])),
+            )
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if status != 0:
             return status
         trials = load_report_study(args.storage, study.study_name).get_trials(deepcopy=False)

@@ -61,6 +61,11 @@ __all__ = [
 ]
 
 
+# Where a user's model and data were found: a copied folder or another machine holds the same
+# study (the data's sha256 tells changed data apart), so these are not compared.
+WHERE_KEYS = ("model.factory_dir", "dataset.path", "dataset.factory_dir")
+
+
 def space_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two space dicts (``name``/``description`` skipped).
 
@@ -72,7 +77,7 @@ def space_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
-                if not prefix and key in _NOT_COMPARED:
+                if (not prefix and key in _NOT_COMPARED) or f"{prefix}{key}" in WHERE_KEYS:
                     continue
                 walk(a.get(key), b.get(key), f"{prefix}{key}.")
         elif a != b:
@@ -251,6 +256,8 @@ def load_space(name_or_path: str) -> Space:
     changes: dict[str, Any] = {}
     if space.model.factory and not space.model.factory_dir:
         changes["model.factory_dir"] = str(folder)
+    if space.dataset.factory and not space.dataset.factory_dir:
+        changes["dataset.factory_dir"] = str(folder)
     if space.dataset.path and not Path(space.dataset.path).is_absolute():
         changes["dataset.path"] = str(folder / space.dataset.path)
     return with_changes(space, changes) if changes else space

@@ -86,6 +86,7 @@ class DatasetConfig:
     path: str | None = None
     target: str | None = None
     factory: str | None = None
+    factory_dir: str | None = None  # where factory's module is found: the space file's folder
     sha256: str | None = None
 
     @property
@@ -351,6 +352,7 @@ class Space:
             ("dataset", "path", None),
             ("dataset", "target", None),
             ("dataset", "factory", None),
+            ("dataset", "factory_dir", None),
             ("dataset", "sha256", None),
         ):
             if d[section][key] == default:
@@ -360,6 +362,12 @@ class Space:
     def fingerprint(self) -> str:
         """SHA-256 (first 16 hex digits) of the space, without its name and description."""
         body = {k: v for k, v in self.to_dict().items() if k not in _NOT_COMPARED}
+        for section, key in (
+            ("model", "factory_dir"),
+            ("dataset", "path"),
+            ("dataset", "factory_dir"),
+        ):
+            body.get(section, {}).pop(key, None)  # where it was found (space.WHERE_KEYS)
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

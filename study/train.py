@@ -112,17 +112,23 @@ def make_optimizer(space: Space, model: Model, lr: float) -> torch.optim.Optimiz
     if not isinstance(model, Model):  # a user's model (model.factory)
         from study.user_parts import is_mup_model
 
-        if is_mup_model(model):  # built with the mup package: its own muP optimizers
+        params = [p for p in model.parameters() if p.requires_grad]
+        if space.model.parametrization == "mup" and is_mup_model(model):  # mup's optimizers
             import mup
 
-            params = list(model.parameters())
             if opt.name == "sgd":
                 return mup.MuSGD(
                     params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay
                 )
             make = mup.MuAdamW if opt.name == "adamw" else mup.MuAdam
             return make(params, lr=lr, weight_decay=opt.weight_decay)
-        groups = [{"params": list(model.parameters()), "lr": lr, "weight_decay": opt.weight_decay}]
+        # torch.optim: it skips a parameter that got no gradient (an unused head)
+        if opt.name == "sgd":
+            return torch.optim.SGD(
+                params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+            )
+        make_opt = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+        return make_opt(params, lr=lr, weight_decay=opt.weight_decay)
     else:
         groups = param_groups(model, opt.name, lr, opt.weight_decay)
     device = next(model.parameters()).device

@@ -39,6 +39,7 @@ def _load_file(name: str, path: str, mtime_ns: int) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does: dataclasses and pickling look it up there
     spec.loader.exec_module(module)
     return module
 
@@ -138,7 +139,7 @@ def _read_npz(path: Path) -> Arrays:
 
 def _from_factory(cfg: DatasetConfig) -> Arrays:
     assert cfg.factory is not None
-    fn = load_factory(cfg.factory, None, "dataset.factory")
+    fn = load_factory(cfg.factory, cfg.factory_dir, "dataset.factory")
     try:
         out = fn()
     except Exception as e:

@@ -19,6 +19,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from study._errors import UserError
 from study._optuna_fixes import claim_waiting_trial, heartbeat
 from study.builders import resolve_device
 from study.names import LR, SURPLUS, VERIFY_INDEX, VERIFY_WIDTH, WIDTH, WORKER
@@ -134,7 +135,7 @@ def _worker(*args: Any) -> None:
     torch.set_num_threads(1)
     try:
         _verify(*args, lambda *a: None)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, UserError):  # the first process says it
         pass
 
 

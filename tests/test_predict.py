@@ -236,3 +236,16 @@ def test_verify_with_two_workers_runs_each_lr_once(db: Path, workdir: Path) -> N
         )
         >= 1
     )
+
+
+def test_a_prediction_past_the_studys_lr_range_cannot_be_verified() -> None:
+    from study._errors import UserError
+    from study.extrapolate import Prediction
+    from study.predict import plan_lrs
+
+    far = Prediction(65536, 4e-6, 1e-6, 2e-5, 1e-2, 32, True)
+    with pytest.raises(UserError, match="outside the study's lr range 0.0001..1"):
+        plan_lrs(far, 6, (1e-4, 1.0))
+    near = Prediction(2048, 3e-4, 2e-4, 5e-4, 5e-3, 32, True)
+    lrs = plan_lrs(near, 8, (1e-4, 1.0))
+    assert len(lrs) == 8 and 1e-4 <= min(lrs) and max(lrs) <= 1.0 and 5e-3 in lrs

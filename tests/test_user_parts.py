@@ -227,3 +227,71 @@ def test_a_mup_package_model_trains_under_mup(folder: Path) -> None:
         == 0
     )
     assert len(_finished()) == 10
+
+
+ODD_NET = """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class Shape:
+    inputs: int = 8
+    classes: int = 3
+
+
+class Net(nn.Module):
+    def __init__(self, width: int, shape: Shape) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(shape.inputs, width), nn.ReLU())
+        self.head = nn.Linear(width, shape.classes)
+        self.unused_head = nn.Linear(width, 7)  # never called: its parameters get no gradient
+        self.body[0].bias.requires_grad_(False)  # frozen
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def build(width: int) -> nn.Module:
+    return Net(width, Shape())
+"""
+
+
+def test_a_module_with_dataclasses_frozen_and_unused_parameters_trains(folder: Path) -> None:
+    (folder / "net.py").write_text(ODD_NET)
+    args = ["--space", "space.toml", "--trials", "5", "--storage", URL, "--workers", "1"]
+    assert main([*args, "--quiet", "--no-report"]) == 0
+    assert len(_finished()) == 5
+
+
+def test_a_data_factory_is_found_beside_the_space_from_any_folder(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (folder / "mydata.py").write_text(
+        "import numpy as np\n\n\ndef load():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    x = rng.standard_normal((300, 8))\n"
+        "    return x, (x[:, 0] > 0).astype(int) + (x[:, 1] > 1)\n"
+    )
+    _edit(folder / "space.toml", 'path = "data.csv"', 'factory = "mydata:load"')
+    _edit(folder / "space.toml", 'target = "label"\n', "")
+    elsewhere = folder / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    args = ["--space", "../space.toml", "--trials", "5", "--storage", "sqlite:///e.db"]
+    assert main([*args, "--workers", "1", "--quiet", "--no-report"]) == 0
+
+
+def test_a_copied_folder_resumes_the_same_study(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--space", "space.toml", "--storage", URL, "--workers", "1", "--quiet", "--no-report"]
+    assert main([*args, "--trials", "4"]) == 0
+    copy = folder.parent / (folder.name + "-copy")
+    shutil.copytree(folder, copy)
+    monkeypatch.chdir(copy)  # the same files and study database, in another folder
+    assert main([*args, "--trials", "6"]) == 0
+    assert len([t for t in load(URL, "my_model").trials if t.state.is_finished()]) == 6
