@@ -331,8 +331,6 @@ def prepare_space(space: Space) -> Space:
 def _check_model(space: Space) -> None:
     import torch
 
-    from study.data import load_dataset
-
     width = min(space.model.widths)
     model = build_user_model(space.model, width)
     if space.model.parametrization == "mup" and not is_mup_model(model):
@@ -341,22 +339,21 @@ def _check_model(space: Space) -> None:
             "built with the mup package (a MuReadout output layer and mup.set_base_shapes "
             "called in the factory); or set parametrization = 'sp'"
         )
-    data = load_dataset(space.dataset, space.seed, "cpu", space.training.loss)
-    batch = data.x_train[: min(8, len(data.x_train))]
+    _, n_features, n_out = space.dataset.shape  # filled in from the data by prepare_space
+    batch = torch.randn(8, n_features, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
             out = model(batch)
     except Exception as e:
         raise UserError(
             f"model.factory = {space.model.factory!r}: the model at width {width} fails on a "
-            f"batch of {data.n_features} features: {type(e).__name__}: {e}"
+            f"batch of {n_features} features: {type(e).__name__}: {e}"
         ) from None
-    want = (len(batch), data.n_classes)
+    want = (len(batch), n_out)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         what = "classes" if space.training.loss == "cross_entropy" else "targets"
         raise UserError(
             f"model.factory = {space.model.factory!r}: the model at width {width} outputs "
-            f"{got} for a batch of {len(batch)}; the data needs {want} ({data.n_classes} "
-            f"{what})"
+            f"{got} for a batch of {len(batch)}; the data needs {want} ({n_out} {what})"
         )
