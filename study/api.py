@@ -81,7 +81,7 @@ class RunResult:
 
 
 def run_study(
-    space: str | None = None,
+    space: str | Space | None = None,
     trials: int = 200,
     until_ci: float | None = None,
     storage: str = DEFAULT_STORAGE,
@@ -96,12 +96,13 @@ def run_study(
     report_dir: str | Path | None = None,
     quiet: bool = False,
     command: Sequence[str] | None = None,
+    resume_command: Sequence[str] | None = None,
 ) -> RunResult:
     """Run a study until it holds ``trials`` finished trials, or resume it to that total.
 
     Args:
-        space: a shipped space's name or a ``.toml`` path; None: the study's own space when it
-            exists (so the same call resumes it), else ``mlp_digits``.
+        space: a shipped space's name, a ``.toml`` path, or a :class:`Space`; None: the study's
+            own space when it exists (so the same call resumes it), else ``mlp_digits``.
         trials: the total of finished (complete + pruned) trials the study should hold.
         until_ci: stop before ``trials`` as soon as alpha's 95% interval is at most this wide
             and every width has an estimate inside its lr range (:mod:`study.live`).
@@ -121,6 +122,8 @@ def run_study(
         quiet: print nothing (else what ``python -m study.run`` prints).
         command: the command line to store with the study (the CLI's); default: the
             ``python -m study.run`` command equivalent to this call. Passwords are masked.
+        resume_command: what the run prints as the command that resumes it (default: the
+            ``python -m study.run`` command for this call).
 
     Returns:
         The study, whether it was made now, the run's status and the report.
@@ -142,10 +145,14 @@ def run_study(
     quiet_sqlalchemy_log()
     quiet_storage_full_threads()
     say: Callable[..., Any] = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    loaded = prepare_space(load_space(space or DEFAULT_SPACE))  # a user's model and data checked
+    given = space if isinstance(space, Space) else load_space(space or DEFAULT_SPACE)
+    loaded = prepare_space(given)  # a user's model and data checked
     where = resolve_device(device)
     # Before anything is stored: the widest trial fits in the device's memory.
-    check_memory(loaded, where, source=space_source(space or DEFAULT_SPACE))
+    source = space.name if isinstance(space, Space) else space_source(space or DEFAULT_SPACE)
+    check_memory(loaded, where, source=source)
+    if isinstance(space, Space):
+        space = space.name  # as the commands name it
     name = study_name or loaded.name
     rdb = open_storage(storage, heartbeat_s=heartbeat_s)
     try:
@@ -159,7 +166,7 @@ def run_study(
             loaded = prepare_space(space_from_dict(stored))  # the same data, or refused
             check_memory(loaded, where, source="the study's stored space")
         args = dict(space=space, trials=trials, storage=storage, study_name=study_name)
-        resume = _resume_command(**args, workers=workers)
+        resume = list(resume_command or _resume_command(**args, workers=workers))
         if command is None:
             command = _call_as_command(**args, device=device, workers=workers, stack=stack)
         study, created = create_or_load_study(

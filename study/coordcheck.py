@@ -17,18 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from study._cli import command_parser
 from study._errors import UserError
 from study.data import load_dataset
-from study.model import build_model
 from study.space import Space, load_space
-from study.train import make_optimizer, matmul_precision
+from study.train import loss_function, make_model, make_optimizer, matmul_precision
+from study.user_parts import prepare_space
 
 __all__ = ["CoordCheck", "coord_check", "main"]
 
-DEFAULT_WIDTHS = {"mlp": (32, 64, 128, 256, 512, 1024, 2048), "cnn": (8, 16, 32, 64, 128, 256)}
+DEFAULT_WIDTHS = {
+    "mlp": (32, 64, 128, 256, 512, 1024, 2048),
+    "cnn": (8, 16, 32, 64, 128, 256),
+    "gpt": (32, 64, 128, 256, 512),
+}
 
 
 @dataclass(frozen=True)
@@ -66,16 +69,16 @@ def coord_check(
         base_width=space.model.base_width_for(min(widths)),
     )
     run_space = dataclasses.replace(space, model=model_cfg)
-    data = load_dataset(space.dataset, space.seed)
+    space = prepare_space(space)  # text: its vocabulary and context
+    data = load_dataset(space.dataset, space.seed, "cpu", space.training.loss)
+    loss_fn = loss_function(space)
     probe = data.x_train[:batch_size]
     out = np.zeros((steps + 1, len(widths)))
     with matmul_precision(space.training.matmul_precision):  # as the study trains
         for j, width in enumerate(widths):
             for seed in range(seeds):
                 torch.manual_seed(seed)
-                model = build_model(
-                    model_cfg, width, data.n_features, data.n_classes, data.image_shape
-                )
+                model = make_model(run_space, width, data)
                 opt = make_optimizer(run_space, model, lr)
                 for step in range(steps + 1):
                     with torch.no_grad():
@@ -84,7 +87,7 @@ def coord_check(
                         break
                     lo = (step * batch_size) % (len(data.x_train) - batch_size)
                     x, y = data.x_train[lo : lo + batch_size], data.y_train[lo : lo + batch_size]
-                    loss = nn.functional.cross_entropy(model(x), y)
+                    loss = loss_fn(model(x), y)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -130,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "study.coordcheck", "Coordinate check: mean output size after a few steps, vs width."
     )
     p.add_argument("--space", default="mlp_digits", help="shipped space name or .toml path")
-    p.add_argument("--widths", default=None, help="comma-separated (default: 32..2048 for mlp)")
+    p.add_argument(
+        "--widths",
+        default=None,
+        help="comma-separated (default: 32..2048 for mlp, 8..256 for cnn, 32..512 for gpt)",
+    )
     p.add_argument(
         "--lr",
         type=float,
@@ -143,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        space = load_space(args.space)
+        space = prepare_space(load_space(args.space))
         try:
             widths = (
                 [int(w) for w in args.widths.split(",")]

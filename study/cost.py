@@ -94,6 +94,14 @@ def estimate_cost(space: Space, width: int, stack: int = 1) -> Cost:
         # Its activations are unknown: a guess of a few layers of ``width`` units.
         train = 2 * (n_features + 4 * width + n_classes)
         val = 2 * width + n_classes
+    elif space.model.family == "gpt":  # n_features: the context T; n_classes: the characters V
+        depth, t, v = space.model.depth, n_features, n_classes
+        params = depth * (12 * width * width + 13 * width) + (v + t) * width + width * v + v
+        heads = width // space.model.head_size
+        # per window: each block's activations and gradients (~16 floats a unit, the attention
+        # matrix of every head), the logits
+        train = 2 * t * (depth * (16 * width + heads * t) + v)
+        val = t * (depth * (8 * width + heads * t) + v)
     elif space.model.family == "mlp":  # an activation and its gradient per unit
         params = _n_params(space.model, width, n_features, n_classes)
         train = 2 * (n_features + sum(sizes) + n_classes)

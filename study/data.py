@@ -116,14 +116,20 @@ def load_dataset(
         device: where the tensors live for the whole study.
         loss: the space's ``training.loss``: mse gets float targets (class labels one-hot).
     """
-    x_tr, y_tr, x_va, y_va = _split(cfg, seed, loss)
-    n_classes = cfg.shape[2]
 
     def f32(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.float32, device=device)
 
     def i64(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.int64, device=device)
+
+    if cfg.is_text:  # windows of character ids (study.data_text)
+        from study.data_text import text_arrays
+
+        x_tr, y_tr, x_va, y_va, vocab, _ = text_arrays(cfg)
+        return Dataset(i64(x_tr), i64(y_tr), i64(x_va), i64(y_va), int(vocab))
+    x_tr, y_tr, x_va, y_va = _split(cfg, seed, loss)
+    n_classes = cfg.shape[2]
 
     target = f32 if loss == "mse" else i64
     return Dataset(

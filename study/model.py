@@ -34,8 +34,9 @@ from study.space import ModelConfig
 __all__ = ["ROLES", "Model", "build_model", "count_parameters", "param_groups"]
 
 # input: from the data into the width; hidden_weight: width -> width; hidden_bias: bias of a
-# layer whose fan-in is the width; output: from the width to the classes.
-ROLES = ("input", "hidden_weight", "hidden_bias", "output_weight", "output_bias")
+# layer whose fan-in is the width; output: from the width to the classes; norm: a LayerNorm's
+# gain and bias (the gpt family), trained as input parameters.
+ROLES = ("input", "hidden_weight", "hidden_bias", "output_weight", "output_bias", "norm")
 
 
 class Model(nn.Module):
@@ -85,6 +86,18 @@ def build_model(
         n_classes: output size (logits).
         image_shape: (height, width) of the images, required by the CNN.
     """
+    if cfg.family == "gpt":  # n_features: the context; n_classes: the characters
+        from study.model_gpt import GPT
+
+        return GPT(  # type: ignore[return-value]
+            n_classes,
+            n_features,
+            width,
+            cfg.depth,
+            cfg.head_size,
+            cfg.base_width_for(width),
+            cfg.parametrization == "mup",
+        )
     sizes = cfg.hidden_sizes(width)
     layers: list[nn.Module] = []
     blocks: list[nn.Module] = []
@@ -120,6 +133,8 @@ def build_model(
 
 # lr and weight-decay multipliers per role: (Adam/AdamW lr, SGD lr); decay moves the other way.
 def _lr_mult(role: str, optimizer: str, m: float) -> float:
+    if role == "norm":  # LayerNorm gains and biases: vector-like, as input biases
+        role = "input"
     if optimizer in ("adam", "adamw"):
         return 1.0 / m if role == "hidden_weight" else 1.0
     return 1.0 if role in ("hidden_weight", "output_bias") else m

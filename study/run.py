@@ -18,6 +18,7 @@ from study._errors import UserError
 from study.api import DEFAULT_SPACE, run_study
 from study.builders import CPU_STACK_MAX_WIDTH, MAX_DEFAULT_WORKERS
 from study.storage import DEFAULT_STORAGE
+from study.urls import mask_argv
 
 __all__ = ["cli", "main"]
 
@@ -90,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         "safe folder name)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument(
+        "--twin",
+        action="store_true",
+        help="then run the same space under the other parametrization (SP <-> muP) on the "
+        "same storage, and report both side by side",
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -100,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
+        if args.twin:
+            from study.twin import run_twin
+
+            first, second = run_twin(**_run_args(args, argv))
+            return first.status if second is None else second.status
         result = run_study(
             space=args.space,
             trials=args.trials,
@@ -121,6 +133,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return result.status
+
+
+def _run_args(args: argparse.Namespace, argv: list[str]) -> dict[str, object]:
+    return dict(
+        space=args.space,
+        trials=args.trials,
+        until_ci=args.until_ci,
+        storage=args.storage,
+        study_name=args.study_name,
+        device=args.device,
+        workers=args.workers,
+        threads=args.threads,
+        stack=args.stack,
+        stack_max_width=args.stack_max_width,
+        heartbeat_s=args.heartbeat,
+        report=not args.no_report,
+        report_dir=args.report_dir,
+        quiet=args.quiet,
+        command=argv,
+        resume_command=["python", "-m", "study.run", *mask_argv(argv)],
+    )
 
 
 def cli() -> None:

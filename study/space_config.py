@@ -68,7 +68,7 @@ def _require_int(value: int, low: int, high: int, key: str, what: str = "an inte
 class DatasetConfig:
     # digits: scikit-learn's 1,797 real 8x8 images (ships with the package, no download).
     # teacher_student: Gaussian inputs labelled by a fixed random teacher MLP.
-    name: Literal["digits", "teacher_student"] = "digits"
+    name: Literal["digits", "teacher_student", "python_stdlib"] = "digits"
     # A quarter of the data for validation: ~450 digits, enough to rank learning rates.
     val_fraction: float = 0.25
     # teacher_student only: samples, input features, classes, teacher hidden width, and the
@@ -88,6 +88,18 @@ class DatasetConfig:
     factory: str | None = None
     factory_dir: str | None = None  # where factory's module is found: the space file's folder
     sha256: str | None = None
+    # Text (the gpt family): python_stdlib is the first n_chars characters of a fixed list of
+    # the standard library's sources; a path ending in .txt is any UTF-8 text. Examples are
+    # windows of ``context`` characters.
+    context: int = 64
+    n_chars: int = 200_000
+
+    @property
+    def is_text(self) -> bool:
+        """Characters for a language model, not rows of features."""
+        return self.name == "python_stdlib" or (
+            self.path is not None and self.path.lower().endswith(".txt")
+        )
 
     @property
     def is_users(self) -> bool:
@@ -105,6 +117,8 @@ class DatasetConfig:
         )
         _require_int(self.n_classes, 1 if self.is_users else 2, MAX_WIDTH, "n_classes")
         _require_int(self.teacher_width, 1, MAX_WIDTH, "teacher_width")
+        _require_int(self.context, 1, 65_536, "context")
+        _require_int(self.n_chars, 100, MAX_SAMPLES, "n_chars")
         _require(0 <= self.label_noise <= 1, "label_noise", "must be between 0 and 1 inclusive")
         n, n_val = self.shape[0], self.n_val
         _require(
@@ -132,7 +146,7 @@ class ModelConfig:
     # The scientific parameter: every width listed gets an equal share of the trials.
     # mlp: hidden units of each hidden layer; cnn: channels of each 3x3 conv (8x8 digits).
     widths: tuple[int, ...]
-    family: Literal["mlp", "cnn"] = "mlp"
+    family: Literal["mlp", "cnn", "gpt"] = "mlp"
     # Hidden layers; kept fixed while width varies (the optimal lr depends on depth too).
     depth: int = 2
     # Per-layer sizes as multiples of the width, e.g. [4, 1] at width 16 is the article's
@@ -148,6 +162,8 @@ class ModelConfig:
     # folder, or installed. family, depth and hidden_multipliers are then ignored.
     factory: str | None = None
     factory_dir: str | None = None
+    # gpt: the size of an attention head; heads = width / head_size (every width a multiple).
+    head_size: int = 16
 
     def __post_init__(self) -> None:
         _require(len(self.widths) >= 1, "widths", "must list at least one width")
@@ -176,6 +192,15 @@ class ModelConfig:
         )
         if self.base_width is not None:
             _require_int(self.base_width, 1, MAX_WIDTH, "base_width")
+        _require_int(self.head_size, 1, MAX_WIDTH, "head_size")
+        if self.family == "gpt":
+            odd = [w for w in self.widths if w % self.head_size]
+            _require(
+                not odd,
+                "widths",
+                f"must be multiples of model.head_size = {self.head_size} for the gpt family "
+                f"(the heads are width / head_size), got {odd}",
+            )
 
     def base_width_for(self, width: int) -> int:
         """The muP base width (``width`` / base is the width multiplier m)."""
@@ -226,7 +251,10 @@ class TrainingConfig:
     batch_size: int = 64
     # none | cosine (to zero over the epochs) | plateau (ReduceLROnPlateau on validation loss,
     # as in the 64->16 example of the practitioner's article).
-    schedule: Literal["none", "cosine", "plateau"] = "none"
+    # warmup_cosine: the lr rises linearly over the first ``warmup`` fraction of the steps, then
+    # falls to zero on a cosine, step by step (as the field trains transformers).
+    schedule: Literal["none", "cosine", "plateau", "warmup_cosine"] = "none"
+    warmup: float = 0.1
     plateau_factor: float = 0.1
     plateau_patience: int = 3
     # An epoch whose mean training loss or validation loss exceeds this multiple of the
@@ -255,6 +283,7 @@ class TrainingConfig:
         _require(0 < self.plateau_factor < 1, "plateau_factor", "must be between 0 and 1")
         _require(self.plateau_patience >= 0, "plateau_patience", "must be non-negative")
         _require(self.divergence_factor > 1, "divergence_factor", "must be greater than 1")
+        _require(0 <= self.warmup < 1, "warmup", "must be from 0 to below 1")
 
 
 @dataclass(frozen=True)
@@ -329,6 +358,12 @@ class Space:
         _require(bool(self.name.strip()), "name", "must not be empty")
         _require_int(self.seed, 0, 2**63 - 1, "seed")
         _require(
+            (self.model.family == "gpt") == self.dataset.is_text or self.model.factory is not None,
+            "model.family",
+            "'gpt' goes with text (dataset.name = 'python_stdlib', or a dataset.path ending in "
+            ".txt), and text with 'gpt'",
+        )
+        _require(
             self.model.family != "cnn"
             or self.model.factory is not None
             or (self.dataset.name == "digits" and not self.dataset.is_users),
@@ -354,6 +389,10 @@ class Space:
             ("dataset", "factory", None),
             ("dataset", "factory_dir", None),
             ("dataset", "sha256", None),
+            ("dataset", "context", 64),
+            ("dataset", "n_chars", 200_000),
+            ("model", "head_size", 16),
+            ("training", "warmup", 0.1),
         ):
             if d[section][key] == default:
                 del d[section][key]

@@ -74,22 +74,29 @@ def _check_sqlite_file(path: Path, shown: str) -> bool:
         return False  # an empty file is an empty database
     if head != _SQLITE_MAGIC:
         raise UserError(f"storage {shown}: {path} is not a SQLite database")
-    try:
-        con = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+    # Read-only first. A read-only connection can fail to read a page that another process's
+    # connection holds in the write-ahead log ("unable to get the page. error code=522", seen
+    # in a test that held the study open while a run started): then once more, read-write,
+    # as every connection of a run opens it (still nothing is written).
+    for mode in ("?mode=ro", ""):
         try:
-            tables = {
-                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            revision = None
-            if "alembic_version" in tables:
-                row = con.execute("SELECT version_num FROM alembic_version").fetchone()
-                revision = row[0] if row else None
-            # Every page read once: a damaged page found later fails a write with a traceback.
-            damage = con.execute("PRAGMA quick_check(1)").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as e:
-        damage = str(e)
+            con = sqlite3.connect(f"file:{path.resolve()}{mode}", uri=True, timeout=10)
+            try:
+                tables = {
+                    r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                revision = None
+                if "alembic_version" in tables:
+                    row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+                    revision = row[0] if row else None
+                # Every page read once: a damaged page found later fails a write with a
+                # traceback.
+                damage = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+            finally:
+                con.close()
+            break
+        except sqlite3.DatabaseError as e:
+            damage = str(e)
     if damage != "ok":
         first = damage.replace("*** in database main ***", "").strip().splitlines()[0]
         raise UserError(

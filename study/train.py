@@ -109,7 +109,7 @@ def make_optimizer(space: Space, model: Model, lr: float) -> torch.optim.Optimiz
     ``torch.optim``'s own, fused where it can be.
     """
     opt = space.optimizer
-    if not isinstance(model, Model):  # a user's model (model.factory)
+    if not hasattr(model, "roles"):  # a user's model (model.factory); ours list their roles
         from study.user_parts import is_mup_model
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -157,7 +157,15 @@ def loss_function(space: Space) -> Callable[[torch.Tensor, torch.Tensor], torch.
     """The space's ``training.loss``: cross-entropy on logits, or the mean squared error."""
     if space.training.loss == "mse":
         return nn.functional.mse_loss
-    return nn.functional.cross_entropy
+    return cross_entropy
+
+
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits [N, C] against labels [N], or of a language model's logits
+    [B, T, C] against the next tokens [B, T] (the mean over every position)."""
+    if out.dim() == 3:
+        return nn.functional.cross_entropy(out.flatten(0, 1), y.flatten())
+    return nn.functional.cross_entropy(out, y)
 
 
 def _evaluate(
@@ -171,10 +179,19 @@ def _evaluate(
         out = model(x)
         loss = loss_fn(out, y)
         if y.dtype == torch.int64:
-            acc = (out.argmax(dim=1) == y).float().mean()
+            acc = (out.argmax(dim=-1) == y).float().mean()
         else:
             acc = torch.full((), math.nan, device=out.device)
     return loss, acc
+
+
+def warmup_cosine(step: int, total: int, warmup: float) -> float:
+    """The lr factor at ``step`` (0-based) of ``total``: linear from 1/w up to 1 over the first
+    w = ``warmup`` x total steps, then a cosine to zero at the end."""
+    w = max(1, round(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    return (1 + math.cos(math.pi * (step - w) / max(1, total - w))) / 2
 
 
 def out_of_patience(epoch: int, best_epoch: int, patience: int, epochs: int) -> bool:
@@ -306,6 +323,7 @@ def train(
         seconds=0.0,
     )
     result.setup_seconds = time.perf_counter() - start
+    step, total_steps = 0, cfg.epochs * math.ceil(n / cfg.batch_size)
     for epoch in range(1, cfg.epochs + 1):
         if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs) stepped per epoch,
             factor = (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2  # closed form
@@ -317,6 +335,10 @@ def train(
         n_batches = 0
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
+            if cfg.schedule == "warmup_cosine":
+                for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                    g["lr"] = base * warmup_cosine(step, total_steps, cfg.warmup)
+                step += 1
             if mlp_step is not None:
                 loss = mlp_step(data.x_train[idx], data.y_train[idx])
             else:

@@ -300,6 +300,13 @@ def prepare_space(space: Space) -> Space:
     from study.space import with_changes
 
     d, m, t = space.dataset, space.model, space.training
+    if d.is_text:  # the gpt family's characters (study.data_text): checked, hashed, shaped
+        from study.data_text import text_arrays
+
+        x_tr, _, x_va, _, vocab, digest = text_arrays(d)
+        shape = {"n_samples": len(x_tr) + len(x_va), "n_features": d.context, "n_classes": vocab}
+        changes = {"dataset.sha256": digest, **{f"dataset.{k}": v for k, v in shape.items()}}
+        return with_changes(space, changes)
     if not d.is_users and m.factory is None:
         return space
     changes: dict[str, Any] = {}
