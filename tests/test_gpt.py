@@ -108,11 +108,13 @@ def test_gpt_mup_at_base_width_equals_sp_exactly() -> None:
 
 def test_the_coord_check_grows_under_sp_and_stays_flat_under_mup(workdir: Path) -> None:
     space = prepare_space(load_space(str(write_space(workdir, "tiny", TINY))))
-    widths = [16, 32, 64, 128]
-    sp = coord_check(space, "sp", widths, 1e-2, steps=5, seeds=1, batch_size=16)
-    mp = coord_check(space, "mup", widths, 1e-2, steps=5, seeds=1, batch_size=16)
-    assert sp.slope > 0.25, sp.slope
-    assert abs(mp.slope) < 0.15, mp.slope
+    widths = [32, 64, 128, 256]
+    sp = coord_check(space, "sp", widths, 1e-2, steps=5, seeds=2, batch_size=16)
+    mp = coord_check(space, "mup", widths, 1e-2, steps=5, seeds=2, batch_size=16)
+    # Measured: SP width^+0.59, muP width^-0.13 (the readout's shrinking init still shows
+    # after 5 steps of this one-block model; gpt_code's two blocks: +0.55 and -0.06).
+    assert sp.slope > 0.4, sp.slope
+    assert abs(mp.slope) < 0.25 and sp.slope - mp.slope > 0.5, mp.slope
 
 
 def test_a_gpt_study_runs_and_reports_in_nats_per_character(workdir: Path) -> None:
