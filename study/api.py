@@ -97,6 +97,7 @@ def run_study(
     quiet: bool = False,
     command: Sequence[str] | None = None,
     resume_command: Sequence[str] | None = None,
+    live: bool | None = None,
 ) -> RunResult:
     """Run a study until it holds ``trials`` finished trials, or resume it to that total.
 
@@ -124,6 +125,8 @@ def run_study(
             ``python -m study.run`` command equivalent to this call. Passwords are masked.
         resume_command: what the run prints as the command that resumes it (default: the
             ``python -m study.run`` command for this call).
+        live: analyse the study as trials finish, for the dashboard's note and the progress
+            line (:mod:`study.live`); default: when it writes a report.
 
     Returns:
         The study, whether it was made now, the run's status and the report.
@@ -203,7 +206,9 @@ def run_study(
         )
         try:
             while True:
-                status = _train(study, loaded, where, say, quiet, cfg, workers, report)
+                status = _train(
+                    study, loaded, where, say, quiet, cfg, workers, report if live is None else live
+                )
                 if until_ci is None or status != 0 or not _goes_on(study, cfg, say):
                     break
         except Exception as e:

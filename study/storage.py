@@ -35,9 +35,11 @@ __all__ = [
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# SQLite files this process has opened as a storage (see _check_sqlite_file).
+_OPENED: set[Path] = set()
 # SQLite waits this long for a lock held by another process before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 60.0
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def _optuna_schema() -> tuple[str, set[str]]:
@@ -68,12 +70,17 @@ def _check_sqlite_file(path: Path, shown: str) -> bool:
         raise UserError(f"storage {shown}: {path} is not a file")
     if not os.access(path, os.R_OK | os.W_OK) or not os.access(folder, os.W_OK):
         raise UserError(f"storage {shown}: {path} or its folder is read-only")
-    with open(path, "rb") as f:
-        head = f.read(len(_SQLITE_MAGIC))
-    if not head:
+    if path.stat().st_size == 0:
         return False  # an empty file is an empty database
-    if head != _SQLITE_MAGIC:
-        raise UserError(f"storage {shown}: {path} is not a SQLite database")
+    # The header is read with open() only in a process that has not opened this storage yet:
+    # closing a file this process opened drops every POSIX lock the process holds on it, those
+    # of its open SQLite connections too (a notebook's earlier run), and SQLite then misreads
+    # the write-ahead log ("unable to get the page. error code=522" on the next run in the
+    # same process; tests/test_gpt.py's --twin, run twice in one process, showed it each time).
+    if path.resolve() not in _OPENED:
+        with open(path, "rb") as f:
+            if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                raise UserError(f"storage {shown}: {path} is not a SQLite database")
     # Read-only first. A read-only connection can fail to read a page that another process's
     # connection holds in the write-ahead log ("unable to get the page. error code=522", seen
     # in a test that held the study open while a run started): then once more, read-write,
@@ -202,7 +209,10 @@ def open_storage(url: str, heartbeat_s: int | None = 10, validated: bool = False
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, **kwargs)
+                storage = RDBStorage(url, **kwargs)
+            if path is not None:
+                _OPENED.add(path.resolve())
+            return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # Several workers creating the tables of a fresh database at once collide
             # (optuna#4621); the tables exist by the next attempt.

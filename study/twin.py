@@ -81,7 +81,7 @@ def run_twin(**kwargs: Any) -> tuple[RunResult, RunResult | None]:
     quiet = kwargs.get("quiet", False)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     storage = kwargs.get("storage") or DEFAULT_STORAGE
-    first = run_study(**kwargs, report=False)
+    first = run_study(**kwargs, report=False, live=report)  # the report: both, at the end
     if first.status != 0:
         return first, None
     space = space_from_dict(first.study.user_attrs[SPACE])
@@ -96,6 +96,7 @@ def run_twin(**kwargs: Any) -> tuple[RunResult, RunResult | None]:
             "study_name": f"{name}_{twin.model.parametrization}" if name else None,
         },
         report=False,
+        live=report,
     )
     if second.status != 0 or not report:
         return first, second

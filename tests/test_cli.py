@@ -11,7 +11,15 @@ import pytest
 
 COMMANDS = ["study.run", "study.report", "study.dashboard", "study.coordcheck", "study.predict"]
 # Flags that are off unless given: their help says what they turn on.
-SWITCHES = {"-h", "--version", "--no-report", "--quiet", "--allow-remote", "--no-dashboard"}
+SWITCHES = {
+    "-h",
+    "--version",
+    "--no-report",
+    "--quiet",
+    "--allow-remote",
+    "--no-dashboard",
+    "--twin",
+}
 
 
 def _help(module: str, capsys: pytest.CaptureFixture[str], flag: str) -> str:
