@@ -151,7 +151,14 @@ def _from_factory(cfg: DatasetConfig) -> Arrays:
             f"dataset.factory = {cfg.factory!r} must return (X, y) or (X, y, X_val, y_val), "
             f"got {type(out).__name__}"
         )
-    arrays = [np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in out]
+    try:
+        arrays = [np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in out]
+    except (ValueError, TypeError) as e:  # ragged lists, objects numpy cannot hold
+        raise UserError(
+            f"dataset.factory = {cfg.factory!r} returned arrays numpy cannot read: {e}"
+        ) from None
+    if any(a.ndim == 0 for a in arrays):
+        raise UserError(f"dataset.factory = {cfg.factory!r} returned a single number, not an array")
     return (arrays[0], arrays[1], *(arrays[2:] if len(arrays) == 4 else (None, None)))  # type: ignore[return-value]
 
 

@@ -295,3 +295,22 @@ def test_a_copied_folder_resumes_the_same_study(
     monkeypatch.chdir(copy)  # the same files and study database, in another folder
     assert main([*args, "--trials", "6"]) == 0
     assert len([t for t in load(URL, "my_model").trials if t.state.is_finished()]) == 6
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ("return [[1, 2], [3]], [0, 1]", "returned arrays numpy cannot read"),
+        ("return 3.0, [0, 1]", "returned a single number, not an array"),
+        ("return [[1.0], [2.0]]", "must return (X, y) or (X, y, X_val, y_val)"),
+    ],
+)
+def test_a_data_factory_returning_odd_things_is_one_line(
+    body: str, says: str, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder / "odd.py").write_text(f"def load():\n    {body}\n")
+    _edit(folder / "space.toml", 'path = "data.csv"', 'factory = "odd:load"')
+    assert main(["--space", "space.toml", "--trials", "4", "--storage", URL, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert not (folder / "s.db").exists()
