@@ -28,6 +28,7 @@ from study.importances import PendingImportances
 from study.interaction import variance_shares
 from study.names import LR, SPACE, WIDTH
 from study.report_note import note_markdown, provenance, provenance_html
+from study.report_table import trials_table_html
 from study.verification import Verification, verification_points, verified_widths
 
 __all__ = [
@@ -247,6 +248,7 @@ def _html(
         + (provenance_html(origin) if origin else "")
         + "".join(tables)
         + "".join(parts)
+        + trials_table_html([(r.name, r.study.get_trials(deepcopy=False)) for r in reports])
         + "</body></html>"
     )
     path = out / "report.html"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -286,6 +287,37 @@ def test_html_report_renders_in_a_real_browser_without_script_errors(
 
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[0] > 500 and pixels.std() > 0.05, "the page rendered empty"
+
+
+def test_every_trial_is_in_a_table_the_page_sorts_by_the_column_in_its_address(
+    db: Path, workdir: Path
+) -> None:
+    from tests.conftest import browse
+
+    assert _report("--study-name", "smoke", "--out", "out", "--no-dashboard") == 0
+    page = (workdir / "out" / "report.html").resolve().as_uri()
+    trials = optuna.load_study(study_name="smoke", storage=URL).get_trials()
+
+    def rows(dom: str) -> list[list[str]]:
+        table = dom.split('id="trials"')[1].split("</table>")[0]
+        return [
+            re.findall(r"<td[^>]*>([^<]*)</td>", row)
+            for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])
+        ]
+
+    as_written = rows(browse(page, workdir / "p0"))
+    assert [int(r[1]) for r in as_written] == [t.number for t in trials]
+    by_lr = rows(browse(page + "#sort=lr", workdir / "p1"))
+    lrs = [float(r[3]) for r in by_lr]
+    assert (
+        len(by_lr) == len(trials)
+        and lrs == sorted(lrs)
+        and lrs != [float(r[3]) for r in as_written]
+    )
+    by_loss = rows(browse(page + "#sort=-value", workdir / "p2"))
+    losses = [float(r[5]) for r in by_loss if r[5]]
+    assert losses == sorted(losses, reverse=True) and len(losses) >= len(trials) // 2
+    assert {r[4] for r in by_loss} <= {"complete", "pruned", "diverged"}
 
 
 def test_real_dashboard_serves_the_saved_figure_and_note(db: Path, workdir: Path) -> None:
