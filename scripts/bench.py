@@ -216,11 +216,17 @@ def study_facts(url: str, name: str, space_name: str) -> dict[str, Any]:
 
 
 def time_to_answer(
-    url: str, name: str, space_name: str, launched: datetime, until_ci: float = UNTIL_CI
+    url: str,
+    name: str,
+    space_name: str,
+    launched: datetime,
+    until_ci: float = UNTIL_CI,
+    estimator: str = "joint",
 ) -> dict[str, Any]:
     """When a run's answer first settled: its finished trials replayed in the order they ended,
     the report's analysis (study.live.Answer.settles) after every 5th. Seconds from the run's
-    launch to the trial that settled it; None for "never" within the run's trials."""
+    launch to the trial that settled it; None for "never" within the run's trials.
+    ``estimator``: the report's (joint) or the per-width one it replaced (study.analysis)."""
     space = load_space(space_name)
     study = optuna.load_study(study_name=name, storage=url)
     done = sorted(
@@ -229,7 +235,7 @@ def time_to_answer(
     )
     widths, lr_range = list(space.model.widths), (space.lr.low, space.lr.high)
     for n in [*range(5, len(done), 5), len(done)]:
-        fit = analyze(points_from_trials(done[:n]), widths, lr_range)
+        fit = analyze(points_from_trials(done[:n]), widths, lr_range, estimator=estimator)
         answer = answer_of(fit, n)
         if answer.settles(until_ci):
             seconds = (done[n - 1].datetime_complete - launched).total_seconds()
@@ -353,6 +359,12 @@ def compare_studies(
         url = f"sqlite:///{folder / f'{name}.db'}"
         facts = study_facts(url, study_name, str(space_path))
         facts["time_to_answer"] = time_to_answer(url, study_name, str(space_path), launched)
+        if name == "tool":  # the same trials, judged by the per-width estimator (item 2)
+            out["tool_per_width"] = {
+                "time_to_answer": time_to_answer(
+                    url, study_name, str(space_path), launched, estimator="per_width"
+                )
+            }
         n_proc = tool_procs if name.startswith("tool") else 1
         facts["wall_s"] = wall
         # Shares of the CPU time (wall x processes): training steps; the per-epoch evaluation;
@@ -373,7 +385,7 @@ def compare_studies(
             facts["outside_training_share"] = max(0.0, 1 - steps / cpu)
         out[name] = facts
     ref_interval = out["reference"]["lr_interval"]
-    for name in ("tool", "tool_until", "tool_bf16", "naive", "reference"):
+    for name in ("tool", "tool_per_width", "tool_until", "tool_bf16", "naive", "reference"):
         answer = out[name]["time_to_answer"] if name in out else {}
         if answer.get("alpha") is not None and out["reference"]["alpha"] is not None:
             answer["alpha_from_reference"] = answer["alpha"] - out["reference"]["alpha"]
@@ -465,17 +477,18 @@ def _table(res: dict[str, Any]) -> str:
         "run        seconds from launch  trials  alpha  interval  alpha - reference's at "
         f"{st['reference']['trials']}",
     ]
-    for name in ("tool", "tool_until", "tool_bf16", "reference", "naive"):
+    for name in ("tool", "tool_per_width", "tool_until", "tool_bf16", "reference", "naive"):
         answer = st.get(name, {}).get("time_to_answer")
         if not answer:
             continue
         if answer["seconds"] is None:
-            lines.append(f"{name:<9}  {'never':>19}")
+            lines.append(f"{name:<14}  {'never':>19}")
             continue
         gap = answer.get("alpha_from_reference")
         lines.append(
-            f"{name:<9}  {answer['seconds']:19.1f}  {answer['trials']:6d}  {answer['alpha']:5.2f}  "
-            f"{answer['ci']:8.2f}  " + (f"{gap:+.2f}" if gap is not None else "-")
+            f"{name:<14}  {answer['seconds']:19.1f}  {answer['trials']:6d}  "
+            f"{answer['alpha']:5.2f}  {answer['ci']:8.2f}  "
+            + (f"{gap:+.2f}" if gap is not None else "-")
         )
     lines += [
         "",

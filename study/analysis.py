@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from study.joint import joint_line, lack_of_fit
 from study.names import BEST_VAL_LOSS, DIVERGED, LR, WIDTH, is_verification
 
 __all__ = [
@@ -89,21 +91,27 @@ def points_from_trials(trials: list[FrozenTrial]) -> list[Point]:
     return out
 
 
+def window(x: np.ndarray, y: np.ndarray, window_log2: float) -> np.ndarray:
+    """Which points (``x`` = log2 lr, ``y`` = log loss) a fit of the valley uses: those within
+    ``window_log2`` of the best one, and on a side with fewer than two there, that side's
+    nearest two (trials are not evenly spaced in lr)."""
+    x0 = x[int(np.argmin(y))]
+    near = np.abs(x - x0) <= window_log2
+    for side in (x < x0, x > x0):
+        if (near & side).sum() < 2:
+            nearest = np.argsort(np.where(side, np.abs(x - x0), np.inf))[:2]
+            near[nearest[side[nearest]]] = True
+    return near
+
+
 def estimate_lr_star(x: np.ndarray, y: np.ndarray, window_log2: float) -> tuple[float, str]:
     """lr* (in log2) from points ``x`` = log2 lr, ``y`` = log loss of COMPLETE trials.
 
     Returns:
         (log2 lr*, method) where method is ``"parabola"`` or ``"argmin"``.
     """
-    i = int(np.argmin(y))
-    x0 = x[i]
-    near = np.abs(x - x0) <= window_log2
-    # Support the fit on both sides of the best point: when fewer than two points lie within
-    # the window on a side, take that side's nearest two (trials are not evenly spaced in lr).
-    for side in (x < x0, x > x0):
-        if (near & side).sum() < 2:
-            nearest = np.argsort(np.where(side, np.abs(x - x0), np.inf))[:2]
-            near[nearest[side[nearest]]] = True
+    near = window(x, y, window_log2)
+    x0 = x[int(np.argmin(y))]
     xs, ys = x[near], y[near]
     if len(xs) >= 3 and xs.min() < x0 < xs.max():
         fit = _parabola(xs - x0, ys)
@@ -180,10 +188,15 @@ class Fit:
     # Bootstrap replicates of log2 lr*, one row per replicate, one column per used width (for
     # predictions beyond the measured widths, study.extrapolate); not written to fit.json.
     replicates: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Estimated widths whose own lr* interval excludes the fitted line.
+    departures: list[int] = field(default_factory=list)
+    # Bootstrap replicates of the line: (slope, intercept) of log2 lr* on log2 width per row.
+    line_replicates: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("replicates")
+        out.pop("line_replicates")
         out["widths"] = [{**asdict(w), "at_edge": w.at_edge} for w in self.widths]
         out["counts"] = {
             k: sum(getattr(w, k) for w in self.widths)
@@ -222,6 +235,7 @@ def analyze(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    estimator: str = "joint",
 ) -> Fit:
     """Estimate lr* per width with bootstrap intervals and fit lr* ~ width^-alpha.
 
@@ -233,11 +247,18 @@ def analyze(
         n_bootstrap: bootstrap replicates for the intervals.
         confidence: interval coverage (0.95 = 2.5th to 97.5th percentile).
         seed: the bootstrap's random seed.
+        estimator: how alpha and the line are fitted: ``"joint"`` (every width's points at
+            once, valleys sharing their shape: study.joint) or ``"per_width"`` (the OLS line
+            through the per-width lr*).
     """
+    if estimator not in ("joint", "per_width"):
+        raise ValueError(f"estimator must be 'joint' or 'per_width', got {estimator!r}")
     rng = np.random.default_rng(seed)
     tail = (1 - confidence) / 2 * 100
     estimates: list[WidthEstimate] = []
     replicates: dict[int, np.ndarray] = {}
+    # Per estimated width: its points (log2 lr, log loss) and each replicate's resampled indices.
+    draws: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for w in widths:
         pts = [p for p in points if p.width == w]
         comp = [p for p in pts if p.state == "complete" and math.isfinite(p.value) and p.value > 0]
@@ -258,8 +279,10 @@ def analyze(
         best = comp[int(np.argmin(y))]
         est.lr_star, est.best_value, est.best_lr = 2.0**x_star, best.value, best.lr
         boot = np.empty(n_bootstrap)
+        draws[w] = (x, y, np.empty((n_bootstrap, len(comp)), dtype=np.intp))
         for b in range(n_bootstrap):
             idx = rng.integers(0, len(comp), len(comp))
+            draws[w][2][b] = idx
             boot[b] = estimate_lr_star(x[idx], y[idx], window_log2)[0]
         replicates[w] = boot
         low, high = np.percentile(boot, [tail, 100 - tail])
@@ -279,7 +302,12 @@ def analyze(
         "n_bootstrap": n_bootstrap,
         "confidence": confidence,
         "bootstrap": "complete trials resampled with replacement within each width",
-        "fit": "OLS slope of log2 lr* on log2 width; alpha = -slope",
+        "fit": "one least-squares fit of every width's windowed points, log loss = m_w + "
+        "a x^2 + (b + d log2 w) x: valleys sharing their curvature, vertices on a line in log2 "
+        "width; alpha = d / 2a (study.joint)"
+        if estimator == "joint"
+        else "OLS slope of log2 lr* on log2 width; alpha = -slope",
+        "estimator_alpha": estimator,
         "min_complete_per_width": MIN_COMPLETE,
         "pruned": "left out of the fit (their loss is an upper bound); count as worse points "
         "for the edge check",
@@ -304,20 +332,65 @@ def analyze(
     xw = np.log2([e.width for e in used])
     ys = np.log2([e.lr_star for e in used])  # type: ignore[misc]
     slope, intercept = _ols_slope(xw, ys)
-    boot_slopes = np.empty(n_bootstrap)
-    boot_lines = np.empty((n_bootstrap, len(used)))
+    lines = np.empty((n_bootstrap, 2))  # (slope, intercept) of each replicate's line
     for b in range(n_bootstrap):
-        yb = np.array([replicates[e.width][b] for e in used])
-        s, c = _ols_slope(xw, yb)
-        boot_slopes[b] = s
-        boot_lines[b] = s * xw + c
+        lines[b] = _ols_slope(xw, np.array([replicates[e.width][b] for e in used]))
+    note = ""
+    if estimator == "joint":
+        joint = _joint(used, draws, xw, window_log2, n_bootstrap)
+        if joint is None:
+            note = "the shared-valley fit found no convex valley: alpha is the per-width line's"
+        else:
+            (slope, intercept), joint_lines, failed = joint
+            # A replicate whose points fix no convex shared valley keeps its per-width line.
+            ok = ~np.isnan(joint_lines[:, 0])
+            lines[ok] = joint_lines[ok]
+            if failed:
+                note = (
+                    f"{failed} of {n_bootstrap} bootstrap replicates fixed no shared valley "
+                    "and used the per-width line"
+                )
+    boot_slopes = lines[:, 0]
+    boot_lines = lines[:, :1] * xw + lines[:, 1:]
     lo, hi = np.percentile(-boot_slopes, [tail, 100 - tail])
     lo, hi = min(lo, -slope), max(hi, -slope)  # the interval holds its estimate
     band_lo, band_hi = np.percentile(boot_lines, [tail, 100 - tail], axis=0)
+    settings["alpha_bootstrap"] = [float(lo), float(hi)]  # before any lack of fit is added
+    if estimator == "joint":
+        tau = lack_of_fit(ys - (slope * xw + intercept), [replicates[e.width] for e in used])
+        settings["lack_of_fit_log2"] = tau
+        if tau > 0:
+            # Widths departing from the line (a valley's lopsidedness, a bend) beyond what their
+            # own noise explains: a random departure per width, which the bootstrap over trials
+            # does not see, added in quadrature to each side of the intervals.
+            # The normal quantile, not Student's t(k-2): measured on simulated studies
+            # (scripts/estimator_coverage.py), z kept coverage >= 90% and t only widened it.
+            t = NormalDist().inv_cdf(0.5 + confidence / 2)
+            xc = xw - xw.mean()
+            sxx = float((xc**2).sum())
+            extra = t * tau / math.sqrt(sxx)
+            lo, hi = -slope - math.hypot(-slope - lo, extra), -slope + math.hypot(hi + slope, extra)
+            line = slope * xw + intercept
+            band_extra = t * tau * np.sqrt(1 / len(used) + xc**2 / sxx)
+            band_lo = line - np.hypot(line - band_lo, band_extra)
+            band_hi = line + np.hypot(band_hi - line, band_extra)
     edges = [e.width for e in used if e.at_edge]
-    note = ""
+    # A width whose own interval excludes the line departs from the power law: flagged, not hidden.
+    departures = [
+        e.width
+        for e, at in zip(used, slope * xw + intercept, strict=True)
+        if not e.lr_low <= 2.0**at <= e.lr_high  # type: ignore[operator]
+    ]
+    notes = [note] if note else []
+    if departures:
+        notes.insert(
+            0, f"widths {departures} depart from the line (their own lr* interval excludes it)"
+        )
     if edges:
-        note = f"widths {edges} have their optimum at an edge: alpha may be biased; widen the range"
+        notes.insert(
+            0, f"widths {edges} have their optimum at an edge: alpha may be biased; widen the range"
+        )
+    note = "; ".join(notes)
     return Fit(
         widths=estimates,
         alpha=-slope,
@@ -328,9 +401,48 @@ def analyze(
         used_widths=[e.width for e in used],
         note=note,
         settings=settings,
-        band=[(float(2.0**a), float(2.0**b)) for a, b in zip(band_lo, band_hi, strict=True)],
+        band=[
+            (float(2.0**a), float(2.0**b))
+            for a, b in zip(
+                np.clip(band_lo, -1000, 1000), np.clip(band_hi, -1000, 1000), strict=True
+            )
+        ],
         replicates=np.column_stack([replicates[e.width] for e in used]),
+        line_replicates=lines,
+        departures=departures,
     )
+
+
+def _joint(
+    used: list[WidthEstimate],
+    draws: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    xw: np.ndarray,
+    window_log2: float,
+    n_bootstrap: int,
+) -> tuple[tuple[float, float], np.ndarray, int] | None:
+    """The shared-valley line (study.joint) on the points and on every bootstrap replicate (the
+    same resamples as the per-width estimates'): ((slope, intercept), replicate lines with NaN
+    where a replicate fixed none, how many did not); None when the points fix none."""
+
+    def line(pick: list[np.ndarray]) -> tuple[float, float] | None:
+        xs, ys = [], []
+        for e, idx in zip(used, pick, strict=True):
+            x, y, _ = draws[e.width]
+            xb, yb = x[idx], y[idx]
+            near = window(xb, yb, window_log2)
+            xs.append(xb[near])
+            ys.append(yb[near])
+        return joint_line(xs, ys, xw)
+
+    point = line([np.arange(len(draws[e.width][0])) for e in used])
+    if point is None:
+        return None
+    lines = np.full((n_bootstrap, 2), np.nan)
+    for b in range(n_bootstrap):
+        got = line([draws[e.width][2][b] for e in used])
+        if got is not None:
+            lines[b] = got
+    return point, lines, int(np.isnan(lines[:, 0]).sum())
 
 
 def headline(fit: Fit, study_name: str) -> str:

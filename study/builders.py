@@ -14,6 +14,7 @@ import optuna
 import torch
 
 from study._errors import UserError
+from study.placement import LinePlacement
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
 from study.space import Space
 
@@ -36,7 +37,9 @@ CPU_STACK_MAX_WIDTH = 256
 
 
 def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
-    """Width round-robin by count; lr by TPE (or random) on that width's trials only."""
+    """Width round-robin by count; lr by TPE (or random) on that width's trials only, or, for
+    ``line``, random until a width has its start-up trials and then around the joint line's
+    lr* for it (study.placement)."""
     if space.sampler.name == "tpe":
         lr_sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
             n_startup_trials=space.sampler.n_startup_trials,
@@ -46,7 +49,16 @@ def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
         )
     else:
         lr_sampler = optuna.samplers.RandomSampler(seed=seed)
-    return WidthStratifiedSampler(space.model.widths, lr_sampler)
+    placement = None
+    if space.sampler.name == "line":
+        placement = LinePlacement(
+            space.model.widths,
+            space.lr.low,
+            space.lr.high,
+            startup=space.sampler.n_startup_trials,
+            seed=None if seed is None else seed + 1,
+        )
+    return WidthStratifiedSampler(space.model.widths, lr_sampler, placement)
 
 
 def build_pruner(space: Space) -> optuna.pruners.BasePruner:

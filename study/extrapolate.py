@@ -4,8 +4,8 @@ that say how far such predictions have been right, and a check for a bend in the
 The prediction at width W is the fitted line lr* = c * W^-alpha. Its 95% prediction interval
 carries two uncertainties, added in quadrature in log2 lr:
 
-* the fit's: the spread of the bootstrap lines at W (each bootstrap replicate of the per-width
-  lr* refitted, as the report's band, extended to W);
+* the fit's: the spread of the bootstrap lines at W (each bootstrap replicate's line, as the
+  report's band, extended to W);
 * the scatter of the measured widths about the line: a new width departs from the power law as
   much as the measured ones do, t(n-2) * s with s the residual standard deviation of the
   per-width lr* about the line (the OLS prediction interval's departure term; its line terms,
@@ -28,19 +28,13 @@ from typing import Any
 import numpy as np
 
 from study.analysis import Fit
+from study.joint import t975
 
 __all__ = ["Bend", "LeaveOneOut", "Prediction", "bend", "leave_one_out", "predict"]
 
 
-# Student's t 97.5% quantiles by degrees of freedom (the 95% two-sided interval).
-_T975 = {
-    **{1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306},
-    **{9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179},
-}
-
-
 def _t975(df: int) -> float:
-    return _T975.get(df, 1.96 + 2.5 / df)  # within 0.01 of the exact quantile from 13 on
+    return t975(df)
 
 
 @dataclass(frozen=True)
@@ -95,7 +89,10 @@ def predict(fit: Fit, width: int, transfer_width: int) -> Prediction:
     x0 = math.log2(width)
     centre = fit.intercept_log2 - fit.alpha * x0
     tail = 0.025
-    boot = np.array([np.polyval(np.polyfit(x, row, 1), x0) for row in fit.replicates])
+    if fit.line_replicates is not None:  # the bootstrap's own lines (the report's band)
+        boot = fit.line_replicates[:, 0] * x0 + fit.line_replicates[:, 1]
+    else:
+        boot = np.array([np.polyval(np.polyfit(x, row, 1), x0) for row in fit.replicates])
     lo, hi = np.quantile(boot, [tail, 1 - tail])
     half_fit = max(centre - lo, hi - centre, 0.0)
     n = len(x)
