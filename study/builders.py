@@ -14,7 +14,6 @@ import optuna
 import torch
 
 from study._errors import UserError
-from study.placement import LinePlacement
 from study.sampling import PerWidthPruner, WidthStratifiedSampler
 from study.space import Space
 
@@ -37,9 +36,7 @@ CPU_STACK_MAX_WIDTH = 256
 
 
 def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
-    """Width round-robin by count; lr by TPE (or random) on that width's trials only, or, for
-    ``line``, random until a width has its start-up trials and then around the joint line's
-    lr* for it (study.placement)."""
+    """Width round-robin by count; lr by TPE (or random) on that width's trials only."""
     if space.sampler.name == "tpe":
         lr_sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
             n_startup_trials=space.sampler.n_startup_trials,
@@ -49,16 +46,7 @@ def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
         )
     else:
         lr_sampler = optuna.samplers.RandomSampler(seed=seed)
-    placement = None
-    if space.sampler.name == "line":
-        placement = LinePlacement(
-            space.model.widths,
-            space.lr.low,
-            space.lr.high,
-            startup=space.sampler.n_startup_trials,
-            seed=None if seed is None else seed + 1,
-        )
-    return WidthStratifiedSampler(space.model.widths, lr_sampler, placement)
+    return WidthStratifiedSampler(space.model.widths, lr_sampler)
 
 
 def build_pruner(space: Space) -> optuna.pruners.BasePruner:

@@ -103,21 +103,11 @@ class WidthStratifiedSampler(BaseSampler):
             (e.g. ``TPESampler(multivariate=False)``).
     """
 
-    def __init__(
-        self, widths: Sequence[int], lr_sampler: BaseSampler, placement: Any = None
-    ) -> None:
+    def __init__(self, widths: Sequence[int], lr_sampler: BaseSampler) -> None:
         if not widths:
             raise ValueError("widths must not be empty.")
         self._widths = list(widths)
         self._lr_sampler = lr_sampler
-        # A study.placement.LinePlacement: the lr around the joint line's lr* once a width has
-        # its start-up trials (the inner sampler otherwise).
-        self._placement = placement
-
-    def _placed(self, trials: Sequence[FrozenTrial], trial: FrozenTrial, name: str) -> Any:
-        if self._placement is None or name != LR:
-            return None
-        return self._placement.lr(trials, trial.params[WIDTH])
 
     def sample_new(
         self,
@@ -137,13 +127,9 @@ class WidthStratifiedSampler(BaseSampler):
         """
         planned: list[FrozenTrial] = []
         for trial in new:
-            value = self._placed([*trials, *planned], trial, name)
-            if value is None:
-                same = [
-                    t for t in [*trials, *planned] if t.params.get(WIDTH) == trial.params[WIDTH]
-                ]
-                view = _SnapshotView(study, same)
-                value = self._lr_sampler.sample_independent(view, trial, name, distribution)  # type: ignore[arg-type]
+            same = [t for t in [*trials, *planned] if t.params.get(WIDTH) == trial.params[WIDTH]]
+            view = _SnapshotView(study, same)
+            value = self._lr_sampler.sample_independent(view, trial, name, distribution)  # type: ignore[arg-type]
             trial.params[name] = value
             trial.distributions[name] = distribution
             planned.append(trial)
@@ -182,10 +168,6 @@ class WidthStratifiedSampler(BaseSampler):
             return self.next_width(study)
         if WIDTH not in trial.params:
             raise RuntimeError(f"suggest {WIDTH!r} before {param_name!r}.")
-        if self._placement is not None and param_name == LR:
-            value = self._placed(study._get_trials(deepcopy=False, use_cache=False), trial, LR)
-            if value is not None:
-                return value
         view = _WidthView(study, _same_width(trial.params[WIDTH]))
         return self._lr_sampler.sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
 

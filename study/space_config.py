@@ -331,10 +331,9 @@ class PrunerConfig:
 @dataclass(frozen=True)
 class SamplerConfig:
     # Width is chosen so that every width gets an equal share of trials; this picks the lr
-    # within a width: tpe (conditioned on that width's trials only), random (log-uniform), or
-    # line (around the lr* that the fit of all widths' trials gives the width: study.placement).
-    name: Literal["tpe", "random", "line"] = "tpe"
-    # Random lrs per width before TPE (or the line) takes over that width.
+    # within a width: tpe (conditioned on that width's trials only) or random (log-uniform).
+    name: Literal["tpe", "random"] = "tpe"
+    # Random lrs per width before TPE starts modelling that width.
     n_startup_trials: int = 8
 
     def __post_init__(self) -> None:
