@@ -38,7 +38,7 @@ from study.builders import (
     run_seed,
 )
 from study.cost import check_memory
-from study.live import LiveAnswer, look
+from study.live import MIN_COMPLETE_TO_STOP, LiveAnswer, look
 from study.names import COMMAND
 from study.objective import Objective
 from study.report import StudyReport, default_report_dir, make_report
@@ -201,7 +201,7 @@ def run_study(
             heartbeat_s,
             worker=0,
             stack=stack,
-            stack_max_width=stack_max_width or default_stack_max_width(where, loaded.model.widths),
+            stack_max_width=stack_max_width or default_stack_max_width(where, loaded),
             until_ci=until_ci,
         )
         try:
@@ -246,7 +246,8 @@ def _goes_on(study: optuna.Study, cfg: WorkerConfig, say: Callable[..., Any]) ->
     if answer is not None and answer.settles(cfg.until_ci):
         say(
             f"stopped:   the answer settled at {finished} trials: {answer.describe()} "
-            f"(--until-ci {cfg.until_ci:g}), every width inside its lr range"
+            f"(--until-ci {cfg.until_ci:g}), every width inside its lr range with "
+            f"{MIN_COMPLETE_TO_STOP}+ complete trials"
         )
         return False
     why = answer.why_not(cfg.until_ci) if answer is not None else "no finished trials"

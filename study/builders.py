@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
 
 import optuna
 import torch
@@ -33,6 +32,10 @@ __all__ = [
 # mlp_digits, best of 3, AMD EPYC); on an Intel Xeon, with the hand-computed step alone
 # (train.MLPStep), 1.38x at 128, 1.19x at 256, 0.91x at 512. On a GPU every width is stacked.
 CPU_STACK_MAX_WIDTH = 256
+
+# The widest width stacked on CPU by torch.func (study.stacked_func), by model: measured with
+# scripts/stack_probe.py (8 trials alone against one stack of 8, one epoch, one thread).
+CPU_FUNC_STACK_MAX_WIDTH = {"gpt": 0, "cnn": 0, "user": 0}
 
 
 def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
@@ -94,9 +97,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_stack_max_width(device: torch.device, widths: Sequence[int]) -> int:
-    """The widest width stacked when ``--stack-max-width`` is not given."""
-    return CPU_STACK_MAX_WIDTH if device.type == "cpu" else max(widths)
+def default_stack_max_width(device: torch.device, space: Space) -> int:
+    """The widest width stacked when ``--stack-max-width`` is not given: on a GPU every width;
+    on CPU, where stacking was measured to win (the MLP's own stack, or torch.func's for the
+    transformer and a user's model)."""
+    if device.type != "cpu":
+        return max(space.model.widths)
+    if space.model.family == "mlp" and space.model.factory is None:
+        return CPU_STACK_MAX_WIDTH
+    if space.model.factory is not None:
+        return CPU_FUNC_STACK_MAX_WIDTH["user"]
+    return CPU_FUNC_STACK_MAX_WIDTH.get(space.model.family, 0)
 
 
 # The most trial processes the default starts: the most one SQLite file was tested with (4

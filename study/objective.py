@@ -6,6 +6,7 @@ Optuna's public API. The runner (:mod:`study.runner`) decides which trials run w
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,20 @@ class Objective:
             space = self.space
             self._data = load_dataset(space.dataset, space.seed, self.device, space.training.loss)
         return self._data
+
+    @functools.cached_property
+    def stacks(self) -> bool:
+        """Whether trials of this space can train K at a time: the MLP's own stack
+        (study.stacked), or any other model that torch.func stacks exactly
+        (study.stacked_func.can_stack_any, asked of the narrowest model)."""
+        from study.stacked import can_stack
+        from study.stacked_func import can_stack_any
+        from study.train import make_model
+
+        if can_stack(self.space):
+            return True
+        model = make_model(self.space, min(self.space.model.widths), self.data)
+        return can_stack_any(self.space, model)
 
     def distributions(self, study: optuna.Study) -> tuple[BaseDistribution, FloatDistribution]:
         """The distributions of ``width`` and ``lr`` that ``study``'s trials are stored with.

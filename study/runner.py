@@ -50,6 +50,7 @@ from study.objective import (
 )
 from study.sampling import WidthStratifiedSampler
 from study.stacked import can_stack, train_stacked
+from study.stacked_func import train_stacked_any
 from study.train import TrainResult, train
 
 __all__ = ["Deferred", "fail_stale", "run_trials"]
@@ -321,7 +322,8 @@ def run_new_trials(
                 results = [train(space, objective.data, width, lrs[0], seeds[0], reporter)]
             elif members:
                 reporter_all = objective.stack_reporter(members, lost)
-                results = train_stacked(space, objective.data, width, lrs, seeds, reporter_all)
+                stacked = train_stacked if can_stack(space) else train_stacked_any
+                results = stacked(space, objective.data, width, lrs, seeds, reporter_all)
         except BaseException:
             _fail_all(study, members)
             raise
@@ -352,7 +354,7 @@ def _drop_surplus(
 def _stack_size(objective: Objective, width: int, stack: int, stack_max_width: int) -> int:
     """How many trials of ``width`` to train at once (1: a single trial);
     :func:`run_new_trials` caps it by the free slots and the width's share."""
-    if stack <= 1 or not can_stack(objective.space) or width > stack_max_width:
+    if stack <= 1 or width > stack_max_width or not objective.stacks:
         return 1
     return stack
 

@@ -118,12 +118,12 @@ def test_time_to_answer_is_when_the_replayed_trials_first_settle(workdir: Path) 
 
     from study.run import main as run_main
 
-    args = ["--space", "smoke", "--trials", "30", "--storage", "sqlite:///t.db", "--workers", "1"]
+    args = ["--space", "smoke", "--trials", "45", "--storage", "sqlite:///t.db", "--workers", "1"]
     assert run_main([*args, "--quiet", "--no-report"]) == 0
     study = optuna.load_study(study_name="smoke", storage="sqlite:///t.db")
     launched = min(t.datetime_start for t in study.trials) - timedelta(seconds=2)
     wide = bench.time_to_answer("sqlite:///t.db", "smoke", "smoke", launched, until_ci=100)
-    assert wide["trials"] is not None and wide["trials"] % 5 == 0 or wide["trials"] == 30
+    assert wide["trials"] is not None and wide["trials"] % 5 == 0 or wide["trials"] == 45
     ended = sorted(t.datetime_complete for t in study.trials)
     assert wide["seconds"] == (ended[wide["trials"] - 1] - launched).total_seconds() > 2
     assert wide["ci"] <= 100 and wide["alpha"] is not None

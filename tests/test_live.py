@@ -49,9 +49,10 @@ def test_a_bad_until_ci_is_one_line_and_stores_nothing(
 def test_until_ci_stops_at_a_settled_answer_and_a_narrower_one_continues(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([*SMOKE, "--trials", "30", "--no-report", "--quiet"]) == 0
+    assert main([*SMOKE, "--trials", "45", "--no-report", "--quiet"]) == 0
     answer = look(load(URL, "smoke"), URL, dashboard=False)
-    assert answer is not None and answer.finished == 30 and not answer.unsettled
+    assert answer is not None and answer.finished == 45
+    assert not answer.unsettled and not answer.young  # 8+ complete trials at every width
     width = answer.ci_width
     assert width is not None
 
@@ -59,38 +60,38 @@ def test_until_ci_stops_at_a_settled_answer_and_a_narrower_one_continues(
     capsys.readouterr()
     assert main([*SMOKE, "--trials", "60", "--until-ci", f"{width + 0.01:.4f}"]) == 0
     out = capsys.readouterr().out
-    assert "stopped:   the answer settled at 30 trials" in out
-    assert _finished() == 30
+    assert "stopped:   the answer settled at 45 trials" in out
+    assert _finished() == 45
 
     # Narrower: the same study goes on, up to the --trials cap at most.
-    assert main([*SMOKE, "--trials", "36", "--until-ci", f"{width / 4:.4f}"]) == 0
+    assert main([*SMOKE, "--trials", "51", "--until-ci", f"{width / 4:.4f}"]) == 0
     out = capsys.readouterr().out
-    assert _finished() == 36
-    assert "stopped:   reached --trials 36 before the answer settled: alpha's interval" in out
+    assert _finished() == 51
+    assert "stopped:   reached --trials 51 before the answer settled: alpha's interval" in out
     assert not [t for t in load(URL, "smoke").trials if t.state == TrialState.RUNNING]
 
 
 def test_the_dashboard_note_holds_a_fit_while_the_study_runs_and_until_ci_stops_it(
     workdir: Path, dashboard: Callable[[str, Path], Dashboard]
 ) -> None:
-    """The run's only process freezes in its 31st trial (a fault point); meanwhile the live
-    process analyses the 30 finished trials: the real optuna-dashboard serves a note with the
+    """The run's only process freezes in its 46th trial (a fault point); meanwhile the live
+    process analyses the 45 finished trials: the real optuna-dashboard serves a note with the
     fit, and the stored answer settles. Woken, the run ends its trial and stops there."""
-    assert main([*SMOKE, "--trials", "30", "--no-report", "--quiet"]) == 0
+    assert main([*SMOKE, "--trials", "45", "--no-report", "--quiet"]) == 0
     assert stored_answer(load(URL, "smoke")) is None  # no live process without a report
     token = workdir / "fault"
     run = ("--trials", "90", "--until-ci", "100", "--stack", "1")  # one trial at a time
-    proc = spawn(*SMOKE, *run, cwd=workdir, env=fault_env("stop@2#30", token))
+    proc = spawn(*SMOKE, *run, cwd=workdir, env=fault_env("stop@2#45", token))
     try:
         pid, number = fault_taken(token, proc)
-        assert pid == proc.pid and number == 30
+        assert pid == proc.pid and number == 45
         wait_until(lambda: stored_answer(load(URL, "smoke")) is not None, 120, "the live answer")
         answer = stored_answer(load(URL, "smoke"))
-        assert answer is not None and answer.finished == 30 and answer.settles(100)
+        assert answer is not None and answer.finished == 45 and answer.settles(100)
 
         page = dashboard(URL, workdir).study("smoke")
         note = page["note"]["body"]
-        assert "So far, from 30 of 90 finished trials while the study runs" in note
+        assert "So far, from 45 of 90 finished trials while the study runs" in note
         assert f"alpha = {answer.alpha:.2f}" in note
         saved = [g["id"] for g in page["plotly_graph_objects"]]
         assert saved == [DASHBOARD_FIGURE_ID]
@@ -98,8 +99,19 @@ def test_the_dashboard_note_holds_a_fit_while_the_study_runs_and_until_ci_stops_
         os.kill(proc.pid, signal.SIGCONT)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert "stopped:   the answer settled at 31 trials" in out, out
-    assert _finished() == 31  # the frozen trial ended, then nothing more
+    assert "stopped:   the answer settled at 46 trials" in out, out
+    assert _finished() == 46  # the frozen trial ended, then nothing more
     assert not [t for t in load(URL, "smoke").trials if t.state == TrialState.RUNNING]
     final = stored_answer(load(URL, "smoke"))
-    assert final is not None and final.finished == 31
+    assert final is not None and final.finished == 46
+
+
+def test_a_narrow_interval_from_too_few_complete_trials_does_not_stop_the_study() -> None:
+    from study.live import MIN_COMPLETE_TO_STOP, Answer
+
+    young = Answer(60, 0.7, 0.6, 0.8, [], [1024])
+    assert not young.settles(0.3)
+    assert f"widths [1024] have fewer than {MIN_COMPLETE_TO_STOP} complete trials" in (
+        young.why_not(0.3)
+    )
+    assert Answer(60, 0.7, 0.6, 0.8, [], []).settles(0.3)
