@@ -114,7 +114,8 @@ def run_study(
             one on a GPU. 1 makes a fresh seeded study replay exactly.
         threads: torch threads per process on CPU.
         stack: trials of one width trained at once as one stacked model (1: off).
-        stack_max_width: widest width stacked; default: 256 on CPU, every width on a GPU.
+        stack_max_width: widest width stacked; default for the MLP: 256 on CPU, every width
+            on a GPU; for other models 0 (study.builders.default_stack_max_width).
         heartbeat_s: seconds between a running trial's heartbeats; a trial silent for 3x this
             is failed and retried.
         report: write the report at the end (into ``report_dir``, default

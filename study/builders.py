@@ -33,9 +33,13 @@ __all__ = [
 # (train.MLPStep), 1.38x at 128, 1.19x at 256, 0.91x at 512. On a GPU every width is stacked.
 CPU_STACK_MAX_WIDTH = 256
 
-# The widest width stacked on CPU by torch.func (study.stacked_func), by model: measured with
-# scripts/stack_probe.py (8 trials alone against one stack of 8, one epoch, one thread).
-CPU_FUNC_STACK_MAX_WIDTH = {"gpt": 0, "cnn": 0, "user": 0}
+# Models stacked by torch.func (study.stacked_func: the transformer, the CNN, a user's model) are
+# not stacked unless --stack-max-width asks: on one CPU thread (scripts/stack_probe.py, 8 alone
+# against one stack of 8, one epoch) the stack was 0.73x, 0.76x, 0.87x as fast for gpt_code at
+# widths 32, 64, 128 (attention has no batching rule under vmap and runs member by member),
+# 1.06x, 0.80x, 0.64x for cnn_digits at 8, 16, 32, and 2.4x, 2.0x, 1.5x, 0.79x for the example
+# user MLP (examples/net.py) at 16, 64, 128, 256: it depends on the model, so a user measures
+# theirs with the probe and passes --stack-max-width. Not measured on a GPU.
 
 
 def build_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
@@ -98,16 +102,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_stack_max_width(device: torch.device, space: Space) -> int:
-    """The widest width stacked when ``--stack-max-width`` is not given: on a GPU every width;
-    on CPU, where stacking was measured to win (the MLP's own stack, or torch.func's for the
-    transformer and a user's model)."""
-    if device.type != "cpu":
-        return max(space.model.widths)
-    if space.model.family == "mlp" and space.model.factory is None:
-        return CPU_STACK_MAX_WIDTH
-    if space.model.factory is not None:
-        return CPU_FUNC_STACK_MAX_WIDTH["user"]
-    return CPU_FUNC_STACK_MAX_WIDTH.get(space.model.family, 0)
+    """The widest width stacked when ``--stack-max-width`` is not given: for the MLP, 256 on
+    CPU and every width on a GPU; for any other model none (see above)."""
+    if space.model.family != "mlp" or space.model.factory is not None:
+        return 0
+    return CPU_STACK_MAX_WIDTH if device.type == "cpu" else max(space.model.widths)
 
 
 # The most trial processes the default starts: the most one SQLite file was tested with (4

@@ -74,9 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         "--stack-max-width",
         type=int,
         default=None,
-        help=f"stack only widths up to this (default: {CPU_STACK_MAX_WIDTH} on CPU, where "
-        "stacking wins on one "
-        "thread; every width on a GPU, which stacked trials fill)",
+        help=f"stack only widths up to this (default for the MLP: {CPU_STACK_MAX_WIDTH} on CPU, "
+        "where stacking wins on one thread, every width on a GPU; for other models 0: measure "
+        "yours with scripts/stack_probe.py)",
     )
     p.add_argument(
         "--heartbeat",

@@ -176,15 +176,15 @@ def test_default_workers_are_one_per_core_capped_and_one_on_a_gpu(
     assert default_workers(cpu, threads=8, remaining=200) == 1
 
 
-def test_stacking_covers_every_width_on_a_gpu_and_where_it_wins_on_cpu() -> None:
-    from study.builders import CPU_FUNC_STACK_MAX_WIDTH
+def test_the_mlp_stacks_every_width_on_a_gpu_and_small_ones_on_cpu_others_when_asked() -> None:
     from study.space import load_space
 
     mlp, gpt = load_space("mlp_digits"), load_space("gpt_code")
     assert default_stack_max_width(torch.device("cpu"), mlp) == 256
     assert default_stack_max_width(torch.device("cuda"), mlp) == 1024
-    assert default_stack_max_width(torch.device("cpu"), gpt) == CPU_FUNC_STACK_MAX_WIDTH["gpt"]
-    assert default_stack_max_width(torch.device("cuda"), gpt) == max(gpt.model.widths)
+    # torch.func stacking measured slower for the transformer on CPU: asked for, not default
+    assert default_stack_max_width(torch.device("cpu"), gpt) == 0
+    assert default_stack_max_width(torch.device("cuda"), gpt) == 0
 
 
 def test_a_run_without_workers_uses_the_cores_and_its_resume_line_adds_none(

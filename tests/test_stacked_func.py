@@ -87,3 +87,18 @@ def test_models_that_cannot_stack_are_told_apart() -> None:
     plain = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.0))
     assert not can_stack_any(space, bn) and not can_stack_any(space, drop)
     assert can_stack_any(space, plain)
+
+
+def test_a_users_study_stacks_its_trials_when_asked(workdir: Path) -> None:
+    import shutil
+
+    from study.run import main
+    from tests.conftest import load
+
+    for name in ("net.py", "data.csv", "space.toml"):
+        shutil.copy(REPO / "examples" / name, workdir / name)
+    args = ["--space", "space.toml", "--trials", "15", "--storage", "sqlite:///u.db"]
+    assert main([*args, "--workers", "1", "--stack-max-width", "32", "--quiet", "--no-report"]) == 0
+    trials = load("sqlite:///u.db", "my_model").trials
+    stacked = {t.params["width"] for t in trials if t.user_attrs.get("stacked", 1) > 1}
+    assert len(trials) == 15 and stacked and stacked <= {16, 32}
