@@ -89,7 +89,7 @@ class Answer:
         if width is None:
             reasons.append("no scaling fit yet")
         elif width > until_ci:
-            reasons.append(f"alpha's interval is {width:.2f} wide (> {until_ci:g})")
+            reasons.append(f"alpha's interval is {width:.3f} wide (> {until_ci:g})")
         if self.unsettled:
             reasons.append(f"widths {self.unsettled} have no estimate or one at an edge")
         if self.young:

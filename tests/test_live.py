@@ -28,7 +28,7 @@ def test_an_answer_settles_only_when_narrow_enough_and_every_width_is_inside() -
     narrow = Answer(90, 0.6, 0.5, 0.75, [])
     assert narrow.ci_width == pytest.approx(0.25)
     assert narrow.settles(0.3) and not narrow.settles(0.2)
-    assert "0.25 wide (> 0.2)" in narrow.why_not(0.2) and narrow.why_not(0.3) == ""
+    assert "0.250 wide (> 0.2)" in narrow.why_not(0.2) and narrow.why_not(0.3) == ""
     at_edge = Answer(90, 0.6, 0.5, 0.75, [1024])
     assert not at_edge.settles(0.3) and "[1024]" in at_edge.why_not(0.3)
     no_fit = Answer(4, None, None, None, [32, 64])
