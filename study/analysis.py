@@ -340,6 +340,7 @@ def analyze(
         joint = _joint(used, draws, xw, window_log2, n_bootstrap)
         if joint is None:
             note = "the shared-valley fit found no convex valley: alpha is the per-width line's"
+            settings["estimator_alpha"] = "per_width (the joint fit found no valley)"
         else:
             (slope, intercept), joint_lines, failed = joint
             # A replicate whose points fix no convex shared valley keeps its per-width line.

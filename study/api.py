@@ -202,7 +202,11 @@ def run_study(
             heartbeat_s,
             worker=0,
             stack=stack,
-            stack_max_width=stack_max_width or default_stack_max_width(where, loaded),
+            stack_max_width=(
+                default_stack_max_width(where, loaded)
+                if stack_max_width is None
+                else stack_max_width
+            ),
             until_ci=until_ci,
         )
         try:

@@ -33,6 +33,11 @@ from study.joint import t975
 __all__ = ["Bend", "LeaveOneOut", "Prediction", "bend", "leave_one_out", "predict"]
 
 
+def _bounded(log2_lr: float) -> float:
+    """A log2 lr within what a float's power of 2 holds (a wild line must not overflow)."""
+    return min(1000.0, max(-1000.0, log2_lr))
+
+
 def _t975(df: int) -> float:
     return t975(df)
 
@@ -108,9 +113,9 @@ def predict(fit: Fit, width: int, transfer_width: int) -> Prediction:
     nearest = min(fit.used_widths, key=lambda w: abs(math.log2(w / transfer_width)))
     return Prediction(
         width=width,
-        lr_pred=2.0**centre,
-        lr_low=2.0 ** (centre - half),
-        lr_high=2.0 ** (centre + half),
+        lr_pred=2.0 ** _bounded(centre),
+        lr_low=2.0 ** _bounded(centre - half),
+        lr_high=2.0 ** _bounded(centre + half),
         lr_transfer=2.0 ** _log2_star(fit, nearest),
         transfer_width=nearest,
         scatter_included=n > 2,

@@ -70,7 +70,8 @@ def joint_line(
         u: log2 width, one per entry of ``xs``.
 
     Returns:
-        None where the points fix no convex shared valley (curvature <= 0, or too few points).
+        None where the points fix no convex shared valley (curvature <= 0, too few points, or a
+        width's vertex outside the range of its points).
     """
     k = len(xs)
     n = sum(len(x) for x in xs)
@@ -95,4 +96,9 @@ def joint_line(
     slope = -d / (2 * a)
     # x*(u) = xm - (b + d (u - um)) / (2a) = intercept + slope * u
     intercept = xm - (b - d * um) / (2 * a)
+    # As for a width's own parabola, a vertex must lie among that width's points: a nearly flat
+    # shared valley (a close to 0) otherwise puts the line anywhere.
+    for xw, uw in zip(xs, u, strict=True):
+        if not xw.min() <= intercept + slope * uw <= xw.max():
+            return None
     return float(slope), float(intercept)

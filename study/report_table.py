@@ -32,11 +32,12 @@ COLUMNS = (
 _SCRIPT = """<script>(function(){
 var t=document.getElementById('trials');if(!t)return;var b=t.tBodies[0];
 function key(r,i){var c=r.cells[i],v=c.getAttribute('data-v');
- return v===null?c.textContent:(v===''?Infinity:parseFloat(v));}
+ return v===null?c.textContent:(v===''?null:parseFloat(v));}
 function sort(col){var d=col.charAt(0)==='-'?-1:1,n=col.replace(/^-/,''),
  i=Array.prototype.findIndex.call(t.tHead.rows[0].cells,function(h){return h.dataset.col===n;});
  if(i<0)return;var rows=Array.prototype.slice.call(b.rows);
- rows.sort(function(x,y){var a=key(x,i),c=key(y,i);return (a<c?-1:a>c?1:0)*d;});
+ rows.sort(function(x,y){var a=key(x,i),c=key(y,i);
+ if(a===null||c===null)return (a===null)-(c===null);return (a<c?-1:a>c?1:0)*d;});
  rows.forEach(function(r){b.appendChild(r);});t.dataset.sorted=col;}
 Array.prototype.forEach.call(t.tHead.rows[0].cells,function(h){h.style.cursor='pointer';
  h.onclick=function(){var c=h.dataset.col;c=t.dataset.sorted===c?'-'+c:c;
@@ -49,14 +50,16 @@ def _state(t: FrozenTrial) -> str:
         return "verification"
     if t.state == TrialState.PRUNED:
         return "diverged" if t.user_attrs.get(DIVERGED) else "pruned"
-    return t.state.name.lower()
+    return {"FAIL": "failed"}.get(t.state.name, t.state.name.lower())
 
 
 def _cell(x: float | None, shown: str | None = None) -> str:
     """A numeric cell: sorted by its exact value, shown with 3 significant figures."""
     if x is None or not math.isfinite(x):
         return "<td data-v=''></td>"
-    return f"<td data-v='{x!r}'>{html.escape(shown if shown is not None else f'{x:.3g}')}</td>"
+    return (
+        f"<td data-v='{float(x)!r}'>{html.escape(shown if shown is not None else f'{x:.3g}')}</td>"
+    )
 
 
 def _best(t: FrozenTrial) -> float | None:

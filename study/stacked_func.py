@@ -9,10 +9,11 @@ Adam/AdamW/SGD state. Each member's result is that of its own run, ``study.train
 the same seed and lr, within float tolerance (tests/test_stacked_func.py).
 
 A model stacks when it has no buffers that training changes (BatchNorm's running statistics),
-no dropout, and its optimizer is one of the space's own (not a ``mup`` package optimizer): see
-:func:`can_stack_any`. Whether stacking wins depends on the width and the machine (a small
-model cannot fill the matmul units alone); the run stacks only up to the width the bench
-measured a win for (study.builders).
+no dropout module (a functional dropout inside ``forward`` is not seen: vmap then refuses the
+random draw, and the trial fails with that error), and its optimizer is one of the space's own
+(not a ``mup`` package optimizer): see :func:`can_stack_any`. Whether stacking wins depends on
+the model and the machine, so it is used only up to ``--stack-max-width``, 0 by default for
+these models (study.builders; measure with scripts/stack_probe.py).
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def can_stack_any(space: Space, model: nn.Module) -> bool:
     if space.model.parametrization == "mup" and space.model.factory is not None:
         return False  # a mup-package model trains with mup's optimizers
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) or (
-            isinstance(m, nn.Dropout | nn.Dropout1d | nn.Dropout2d) and m.p > 0
-        ):
+        if isinstance(m, nn.modules.batchnorm._NormBase | nn.modules.dropout._DropoutNd):
+            if getattr(m, "p", 0) > 0 or isinstance(m, nn.modules.batchnorm._NormBase):
+                return False
+        if isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
             return False
     return True
 
@@ -206,8 +208,6 @@ def train_stacked_any(
         for i in range(len(lrs))
     ]
     setup = time.perf_counter() - start
-    for r in results:
-        r.setup_seconds = setup
     live = list(range(len(lrs)))
     n = data.x_train.shape[0]
     step, total_steps = 0, cfg.epochs * math.ceil(n / cfg.batch_size)
@@ -246,7 +246,7 @@ def train_stacked_any(
                 not (math.isfinite(train_loss) and math.isfinite(val_loss))
                 or max(train_loss, val_loss) > limit
             )
-            r.eval_seconds += (t_callback - t_eval) / len(live)
+            r.eval_seconds += (t_callback - t_eval) / len(results)
             r.epochs_run = epoch
             r.final_val_loss, r.final_train_loss = val_loss, train_loss
             r.curve.append(val_loss)
@@ -270,7 +270,7 @@ def train_stacked_any(
         going = []
         for j, i in enumerate(live):
             r = results[i]
-            r.callback_seconds += spent / len(live)
+            r.callback_seconds += spent / len(results)
             if r.diverged:
                 continue
             if stops[j]:
@@ -284,6 +284,6 @@ def train_stacked_any(
             stack.keep(torch.tensor(going, dtype=torch.long, device=device))
             live = [live[j] for j in going]
     seconds = time.perf_counter() - start
-    for r in results:
-        r.seconds = seconds / len(results)
+    for r in results:  # each member's share of the stack's time, as study.stacked counts it
+        r.seconds, r.setup_seconds = seconds / len(results), setup / len(results)
     return results

@@ -35,14 +35,18 @@ def test_points_that_fix_no_convex_valley_give_no_line() -> None:
     x = np.linspace(-10, -6, 5)
     assert joint_line([x, x], [-((x + 8) ** 2), -((x + 8) ** 2)], u) is None  # concave
     assert joint_line([x[:2], x[:2]], [x[:2], x[:2]], u) is None  # too few points
+    # Nearly flat and sloped: convex, but the vertices fall far outside the points (a reviewer's
+    # flat valleys gave slopes up to 379 before this was refused).
+    tilt = [0.3 * x + 1e-4 * (x + 8) ** 2, 0.3 * x + 1e-4 * (x + 8) ** 2 + 0.1]
+    assert joint_line([x, x], tilt, u) is None
 
 
 @pytest.mark.parametrize("per_width", [8, 12, 20])
 def test_the_joint_interval_is_narrower_and_still_covers_the_planted_alpha(per_width: int) -> None:
     """Realistic valleys (lopsided, flat-bottomed, curvature differing between widths,
     divergence): the joint 95% interval holds the planted alpha in at least 90% of 60 studies,
-    and from 12 trials per width on it is narrower than the per-width one (median). At 8 both
-    are about 0.6 wide, too wide to answer (scripts/estimator_coverage.py, docs/answer-first.md)."""
+    and from 20 trials per width on it is narrower than the per-width one (median). Up to 12
+    both are 0.4 wide or more (scripts/estimator_coverage.py, docs/answer-first.md)."""
     covered, widths = {"joint": 0, "per_width": 0}, {"joint": [], "per_width": []}
     for s in range(60):
         points = simulate("realistic", 0.65, per_width, seed=500 + s)
@@ -51,7 +55,7 @@ def test_the_joint_interval_is_narrower_and_still_covers_the_planted_alpha(per_w
             covered[estimator] += fit.alpha_low <= 0.65 <= fit.alpha_high
             widths[estimator].append(fit.alpha_high - fit.alpha_low)
     assert covered["joint"] >= 54, covered
-    if per_width >= 12:
+    if per_width >= 20:
         assert np.median(widths["joint"]) < np.median(widths["per_width"]), widths
 
 

@@ -102,3 +102,14 @@ def test_a_users_study_stacks_its_trials_when_asked(workdir: Path) -> None:
     trials = load("sqlite:///u.db", "my_model").trials
     stacked = {t.params["width"] for t in trials if t.user_attrs.get("stacked", 1) > 1}
     assert len(trials) == 15 and stacked and stacked <= {16, 32}
+
+
+def test_stack_max_width_zero_turns_the_mlp_stack_off(workdir: Path) -> None:
+    from study.run import main
+    from tests.conftest import load
+
+    args = ["--space", "smoke", "--trials", "9", "--storage", "sqlite:///z.db", "--workers", "1"]
+    assert main([*args, "--stack-max-width", "0", "--quiet", "--no-report"]) == 0
+    assert not [t for t in load("sqlite:///z.db", "smoke").trials if "stacked" in t.user_attrs]
+    assert main([*args[:3], "30", *args[4:], "--quiet", "--no-report"]) == 0
+    assert [t for t in load("sqlite:///z.db", "smoke").trials if "stacked" in t.user_attrs]
