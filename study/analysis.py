@@ -433,7 +433,7 @@ def _joint(
             near = window(xb, yb, window_log2)
             xs.append(xb[near])
             ys.append(yb[near])
-        return joint_line(xs, ys, xw)
+        return joint_line(xs, ys, xw, margin=window_log2)
 
     point = line([np.arange(len(draws[e.width][0])) for e in used])
     if point is None:

@@ -60,7 +60,7 @@ def lack_of_fit(residuals: np.ndarray, replicates: list[np.ndarray]) -> float:
 
 
 def joint_line(
-    xs: list[np.ndarray], ys: list[np.ndarray], u: np.ndarray
+    xs: list[np.ndarray], ys: list[np.ndarray], u: np.ndarray, margin: float = 4.0
 ) -> tuple[float, float] | None:
     """(slope, intercept) of the vertices' line x* = intercept + slope * u.
 
@@ -68,10 +68,12 @@ def joint_line(
         xs: per width, log2 lr of the fitted points.
         ys: per width, log loss of those points.
         u: log2 width, one per entry of ``xs``.
+        margin: how far, in log2 lr, a width's vertex may lie beyond its points (the fit's
+            window, study.analysis.WINDOW_LOG2, by default).
 
     Returns:
         None where the points fix no convex shared valley (curvature <= 0, too few points, or a
-        width's vertex outside the range of its points).
+        width's vertex more than ``margin`` beyond its points).
     """
     k = len(xs)
     n = sum(len(x) for x in xs)
@@ -96,9 +98,11 @@ def joint_line(
     slope = -d / (2 * a)
     # x*(u) = xm - (b + d (u - um)) / (2a) = intercept + slope * u
     intercept = xm - (b - d * um) / (2 * a)
-    # As for a width's own parabola, a vertex must lie among that width's points: a nearly flat
-    # shared valley (a close to 0) otherwise puts the line anywhere.
+    # A nearly flat shared valley (a close to 0) puts the line anywhere (slopes up to 379 were
+    # seen): every width's vertex must lie within ``margin`` log2 units of that width's points.
+    # Not within them: on real studies that refused most early lines, and the answer came no
+    # sooner than the per-width fit's (docs/answer-first.md).
     for xw, uw in zip(xs, u, strict=True):
-        if not xw.min() <= intercept + slope * uw <= xw.max():
+        if not xw.min() - margin <= intercept + slope * uw <= xw.max() + margin:
             return None
     return float(slope), float(intercept)

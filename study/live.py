@@ -44,7 +44,8 @@ LIVE_SHARE = 0.2
 # the joint interval held the planted alpha from 5 complete trials per width on; on six real
 # 200-trial studies replayed, the first interval <= 0.3 wide held the study's own final alpha
 # in 4 of 6 with no minimum (the two misses at 45 and 70 trials, 0.21 and 0.12 low), in 6 of 6
-# with 8 (docs/answer-first.md).
+# with 8. The misses came from lines no valley supported, which study.joint now refuses (6 of 6
+# with no minimum then); the minimum stays as a second guard (docs/answer-first.md).
 MIN_COMPLETE_TO_STOP = 8
 
 
