@@ -14,8 +14,11 @@ distance from the middle of the grid's valley (the lrs within 5% of its lowest l
 log2 with a window of 4 and 0.58 with 2 (largest 0.82 and 2.11), and between studies of the
 same space each width's lr* spread 0.12 log2 against 0.46 (standard deviations).
 Bootstrap replicates (trials resampled with replacement within each width) give the interval of
-every lr* and, fitted together, of the exponent alpha in ``lr* ~ width^-alpha`` (OLS slope of
-log2 lr* on log2 width, sign flipped).
+every lr*. The exponent alpha in ``lr* ~ width^-alpha`` comes from one fit of every width's
+windowed points at once (study.joint: valleys sharing their curvature, vertices on a line), its
+interval from the same replicates refitted, widened by the widths' lack of fit; with
+``estimator="per_width"`` it is the OLS slope of the per-width log2 lr* on log2 width, sign
+flipped (the estimator before #23).
 
 How the other trials enter:
 * pruned trials stopped early, so their best loss is only an upper bound of what they would have
