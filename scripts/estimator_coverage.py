@@ -1,16 +1,18 @@
 """How honest is alpha's interval? Both estimators on simulated studies with a planted answer.
 
 Each simulated study has six widths (32 ... 1024) whose loss valleys have their minimum at
-lr*(w) = 1e-2 * (w/32)^-alpha, and trials placed as the tool places them: a width's first 4 lrs
-log-uniform over the range, the rest gathered around where its sampler believes the optimum is
-(the true one, off by a per-width error). Two kinds of valley:
+lr*(w) = 1e-2 * (w/32)^-alpha, and trials placed roughly as the tool's per-width TPE places them
+(a simplification): a width's first 4 lrs log-uniform over the range, the rest gathered around
+where its sampler believes the optimum is (the true one, off by a per-width error).
+
+Two kinds of valley:
 
 * ``planted``: the symmetric parabola of tests/test_analysis.py, the same at every width;
 * ``realistic``: what the default study's valleys look like (measured on its trials), and worse:
   a flat bottom, lopsided (flatter on the high-lr side, by a different amount at each width), a
   curvature that differs between widths (sd 30% in log), divergence beyond about 3 log2 above
-  the optimum (diverged trials are not fitted), noise of 0.08 in log loss (the default study's
-  seed-to-seed noise is 0.02-0.05; its points scatter 0.12-0.21 about a fitted parabola).
+  the optimum (diverged trials are not fitted), noise of 0.08 in log loss (a default study's
+  points scatter 0.12-0.21 about a parabola fitted per width, misfit included).
 
 For each kind and number of trials per width: how often the 95% interval holds the planted
 alpha (coverage), its median width, and the median error, for the per-width estimator (a

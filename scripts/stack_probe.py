@@ -5,8 +5,8 @@ MLP), one epoch each, one torch thread, the faster of 2 repeats; per width.
     python scripts/stack_probe.py gpt_code --widths 32,64,128
     python scripts/stack_probe.py examples/space.toml --widths 16,64,256
 
-The widest width at which the stack wins on CPU is what study.builders.CPU_FUNC_STACK_MAX_WIDTH
-holds for that kind of model.
+The widest width at which the stack wins is the --stack-max-width to run that model with (the
+MLP's default is study.builders.CPU_STACK_MAX_WIDTH; other models stack only when asked).
 """
 
 from __future__ import annotations

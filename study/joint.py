@@ -21,26 +21,10 @@ lr* and interval beside the line, and flags a width whose interval excludes the 
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["joint_line", "lack_of_fit", "t975"]
-
-# Student's t 97.5% quantiles by degrees of freedom (the 95% two-sided interval).
-_T975 = {
-    **{1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306},
-    **{9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179},
-}
-
-
-def t975(df: int, confidence: float = 0.95) -> float:
-    """Student's t quantile of a two-sided ``confidence`` interval (tabled for 95%; other
-    levels scale the normal quantile by the 95% table's ratio, close enough for an interval)."""
-    t = _T975.get(df, 1.96 + 2.5 / df) if df >= 1 else math.inf  # 0.01 of exact from 13 on
-    if confidence == 0.95:
-        return t
-    return t / 1.96 * float(NormalDist().inv_cdf(0.5 + confidence / 2))
+__all__ = ["joint_line", "lack_of_fit"]
 
 
 def lack_of_fit(residuals: np.ndarray, replicates: list[np.ndarray]) -> float:

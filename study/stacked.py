@@ -46,6 +46,94 @@ def can_stack(space: Space) -> bool:
     )
 
 
+def generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
+    """One minibatch-order generator per member, seeded as its own run seeds it."""
+    gens = []
+    for seed in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(seed)
+        gens.append(g)
+    return gens
+
+
+def new_results(initial: Sequence[float], n_params: int) -> list[TrainResult]:
+    """Each member's result before its first epoch (``initial``: its validation loss then)."""
+    return [
+        TrainResult(math.inf, 0, 0.0, math.nan, math.nan, v, 0, False, False, n_params, 0.0)
+        for v in initial
+    ]
+
+
+def end_epoch(
+    results: list[TrainResult],
+    live: list[int],
+    rows: list[list[float]],
+    epoch: int,
+    lrs: Sequence[float],
+    factor: float,
+    space: Space,
+    on_epoch: Callable[[list[int], list[EpochResult]], list[bool]] | None,
+) -> list[int]:
+    """Record an epoch of the members still training (``live``, their indices; ``rows``: train
+    loss, validation loss and accuracy per live member), ask ``on_epoch`` about them, and return
+    the positions in ``live`` of those that go on (not diverged, pruned or out of patience)."""
+    cfg = space.training
+    eps = []
+    for row, member in enumerate(live):
+        train_loss, v_loss, v_acc = rows[0][row], rows[1][row], rows[2][row]
+        r = results[member]
+        limit = cfg.divergence_factor * r.initial_val_loss
+        diverged = (
+            not (math.isfinite(train_loss) and math.isfinite(v_loss))
+            or max(train_loss, v_loss) > limit
+        )
+        r.epochs_run, r.final_val_loss, r.final_train_loss = epoch, v_loss, train_loss
+        r.curve.append(v_loss)
+        if not diverged and v_loss < r.best_val_loss:
+            r.best_val_loss, r.best_epoch, r.val_accuracy = v_loss, epoch, v_acc
+        eps.append(
+            EpochResult(
+                epoch,
+                train_loss,
+                v_loss,
+                v_acc,
+                lrs[member] * factor,
+                diverged,
+                limit,
+                r.initial_val_loss,
+            )
+        )
+    stops = on_epoch(list(live), eps) if on_epoch is not None else [False] * len(live)
+    if len(stops) != len(live):
+        raise ValueError(f"on_epoch returned {len(stops)} flags for {len(live)} members")
+    keep = []
+    for row, (member, ep, stop) in enumerate(zip(live, eps, stops, strict=True)):
+        if ep.diverged:
+            results[member].diverged = True
+        elif stop:
+            results[member].stopped = True
+        elif out_of_patience(epoch, results[member].best_epoch, cfg.patience, cfg.epochs):
+            results[member].early_stopped = True
+        else:
+            keep.append(row)
+    return keep
+
+
+def share_times(
+    results: list[TrainResult], start: float, setup: float, evaluation: float, callback: float
+) -> None:
+    """Each member's share of the stack's time."""
+    k = len(results)
+    seconds = (time.perf_counter() - start) / k
+    for r in results:
+        r.seconds, r.eval_seconds, r.callback_seconds, r.setup_seconds = (
+            seconds,
+            evaluation / k,
+            callback / k,
+            setup / k,
+        )
+
+
 class _Stack:
     """The K members' parameters (layer by layer) and their optimizer state."""
 
@@ -188,19 +276,9 @@ def train_stacked(
         torch.manual_seed(seed)
         models.append(build_model(space.model, width, data.n_features, data.n_classes).to(device))
     stack = _Stack(models, space, lrs)
-    gens = []
-    for seed in seeds:
-        g = torch.Generator(device=device)
-        g.manual_seed(seed)
-        gens.append(g)
+    gens = generators(seeds, device)
     initial = [float(_evaluate(m, data.x_val, data.y_val)[0]) for m in models]
-    n_params = count_parameters(models[0])
-    results = [
-        TrainResult(
-            math.inf, 0, 0.0, math.nan, math.nan, initial[i], 0, False, False, n_params, 0.0
-        )
-        for i in range(k)
-    ]
+    results = new_results(initial, count_parameters(models[0]))
     live = list(range(k))  # member index of each row of the stack
     cfg = space.training
     n = data.x_train.shape[0]
@@ -236,56 +314,12 @@ def train_stacked(
         rows = torch.stack([loss_sum / n_batches, val_loss, val_acc]).tolist()  # one sync
         t_callback = time.perf_counter()
         eval_seconds += t_callback - t_eval
-        eps = []
-        for row, member in enumerate(live):
-            train_loss, v_loss, v_acc = rows[0][row], rows[1][row], rows[2][row]
-            r = results[member]
-            limit = cfg.divergence_factor * r.initial_val_loss
-            diverged = (
-                not (math.isfinite(train_loss) and math.isfinite(v_loss))
-                or max(train_loss, v_loss) > limit
-            )
-            r.epochs_run, r.final_val_loss, r.final_train_loss = epoch, v_loss, train_loss
-            r.curve.append(v_loss)
-            if not diverged and v_loss < r.best_val_loss:
-                r.best_val_loss, r.best_epoch, r.val_accuracy = v_loss, epoch, v_acc
-            eps.append(
-                EpochResult(
-                    epoch,
-                    train_loss,
-                    v_loss,
-                    v_acc,
-                    lrs[member] * factor,
-                    diverged,
-                    limit,
-                    r.initial_val_loss,
-                )
-            )
-        stops = on_epoch(list(live), eps) if on_epoch is not None else [False] * len(live)
-        if len(stops) != len(live):
-            raise ValueError(f"on_epoch returned {len(stops)} flags for {len(live)} members")
-        keep = []
-        for row, (member, ep, stop) in enumerate(zip(live, eps, stops, strict=True)):
-            if ep.diverged:
-                results[member].diverged = True
-            elif stop:
-                results[member].stopped = True
-            elif out_of_patience(epoch, results[member].best_epoch, cfg.patience, cfg.epochs):
-                results[member].early_stopped = True
-            else:
-                keep.append(row)
+        keep = end_epoch(results, live, rows, epoch, lrs, factor, space, on_epoch)
         callback_seconds += time.perf_counter() - t_callback
         if len(keep) < len(live):
             if not keep:
                 break
             stack.keep(torch.tensor(keep, device=device))
             live = [live[row] for row in keep]
-    seconds = (time.perf_counter() - start) / k
-    for r in results:  # each member's share of the stack's time
-        r.seconds, r.eval_seconds, r.callback_seconds, r.setup_seconds = (
-            seconds,
-            eval_seconds / k,
-            callback_seconds / k,
-            setup_seconds / k,
-        )
+    share_times(results, start, setup_seconds, eval_seconds, callback_seconds)
     return results

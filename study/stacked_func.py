@@ -30,12 +30,12 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from study.data import Dataset
 from study.model import _lr_mult, count_parameters
 from study.space import Space
+from study.stacked import end_epoch, generators, new_results, share_times
 from study.train import (
     EpochResult,
     TrainResult,
     loss_function,
     make_model,
-    out_of_patience,
     under_matmul_precision,
     warmup_cosine,
 )
@@ -191,31 +191,24 @@ def train_stacked_any(
     if not can_stack_any(space, models[0]):
         raise ValueError("this model trains one trial at a time (see study.stacked_func)")
     stack = _FuncStack(models, space, lrs)
-    gens = []
-    for seed in seeds:
-        g = torch.Generator(device=device)
-        g.manual_seed(seed)
-        gens.append(g)
+    gens = generators(seeds, device)
     cfg = space.training
-    initial_t, _ = stack.evaluate(data.x_val, data.y_val)
-    initial = initial_t.tolist()
-    n_params = count_parameters(models[0])
+    results = new_results(
+        stack.evaluate(data.x_val, data.y_val)[0].tolist(), count_parameters(models[0])
+    )
     del models
-    results = [
-        TrainResult(
-            math.inf, 0, 0.0, math.nan, math.nan, initial[i], 0, False, False, n_params, 0.0
-        )
-        for i in range(len(lrs))
-    ]
     setup = time.perf_counter() - start
+    evaluation = callback = 0.0
     live = list(range(len(lrs)))
     n = data.x_train.shape[0]
     step, total_steps = 0, cfg.epochs * math.ceil(n / cfg.batch_size)
     for epoch in range(1, cfg.epochs + 1):
         if not live:
             break
-        if cfg.schedule == "cosine":
-            stack.set_lr_factor((1 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2)
+        factor = 1.0
+        if cfg.schedule == "cosine":  # as study.train.train: stepped per epoch
+            factor = (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2
+            stack.set_lr_factor(factor)
         orders = torch.stack([torch.randperm(n, generator=gens[i], device=device) for i in live])
         loss_sum = torch.zeros(len(live), device=device)
         n_batches = 0
@@ -231,59 +224,14 @@ def train_stacked_any(
         t_eval = time.perf_counter()
         val_loss_t, val_acc_t = stack.evaluate(data.x_val, data.y_val)
         rows = torch.stack([loss_sum / n_batches, val_loss_t, val_acc_t]).tolist()
-        factor = 1.0
-        if cfg.schedule == "cosine":
-            factor = (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2
-        elif cfg.schedule == "warmup_cosine":
+        if cfg.schedule == "warmup_cosine":  # the epoch's last step's
             factor = warmup_cosine(step - 1, total_steps, cfg.warmup)
         t_callback = time.perf_counter()
-        epochs: list[EpochResult] = []
-        for j, i in enumerate(live):
-            r = results[i]
-            train_loss, val_loss, val_acc = rows[0][j], rows[1][j], rows[2][j]
-            limit = cfg.divergence_factor * r.initial_val_loss
-            diverged = (
-                not (math.isfinite(train_loss) and math.isfinite(val_loss))
-                or max(train_loss, val_loss) > limit
-            )
-            r.eval_seconds += (t_callback - t_eval) / len(results)
-            r.epochs_run = epoch
-            r.final_val_loss, r.final_train_loss = val_loss, train_loss
-            r.curve.append(val_loss)
-            if not diverged and val_loss < r.best_val_loss:
-                r.best_val_loss, r.best_epoch, r.val_accuracy = val_loss, epoch, val_acc
-            r.diverged = diverged
-            epochs.append(
-                EpochResult(
-                    epoch,
-                    train_loss,
-                    val_loss,
-                    val_acc,
-                    lrs[i] * factor,
-                    diverged,
-                    limit,
-                    r.initial_val_loss,
-                )
-            )
-        stops = on_epoch(list(live), epochs) if on_epoch is not None else [False] * len(live)
-        spent = time.perf_counter() - t_callback
-        going = []
-        for j, i in enumerate(live):
-            r = results[i]
-            r.callback_seconds += spent / len(results)
-            if r.diverged:
-                continue
-            if stops[j]:
-                r.stopped = True
-                continue
-            if out_of_patience(epoch, r.best_epoch, cfg.patience, cfg.epochs):
-                r.early_stopped = True
-                continue
-            going.append(j)
+        evaluation += t_callback - t_eval
+        going = end_epoch(results, live, rows, epoch, lrs, factor, space, on_epoch)
+        callback += time.perf_counter() - t_callback
         if len(going) < len(live):
             stack.keep(torch.tensor(going, dtype=torch.long, device=device))
             live = [live[j] for j in going]
-    seconds = time.perf_counter() - start
-    for r in results:  # each member's share of the stack's time, as study.stacked counts it
-        r.seconds, r.setup_seconds = seconds / len(results), setup / len(results)
+    share_times(results, start, setup, evaluation, callback)
     return results
